@@ -1,0 +1,4 @@
+"""Merging methods: pure functions and classes on state dicts, one module per method, no I/O."""
+from src.merging.task_arithmetic import task_arithmetic
+
+__all__ = ["task_arithmetic"]

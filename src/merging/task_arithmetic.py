@@ -1,0 +1,18 @@
+"""Task Arithmetic (Ilharco et al., 2023): θ = θ₀ + λ·Σ_k τ_k.
+
+Bit-exact with the reference (algorithms.md §1.2): float32, the task vectors summed left to right in task order,
+the sum scaled by λ, θ₀ added last. Streams key by key, so only one tensor per model is in memory at a time.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from src.task_vectors import StateDict, has_task_vector, key_task_vectors, sum_vectors
+
+
+def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], scaling_coef: float = 0.3) -> StateDict:
+    """Merge fine-tuned models θ_1..θ_K of one pretrained θ₀ with a single scaling coefficient λ."""
+    if not finetuned:
+        raise ValueError("task_arithmetic needs at least one fine-tuned state dict")
+    return {k: p + scaling_coef * sum_vectors(key_task_vectors(k, pretrained, finetuned)) if has_task_vector(p) else p
+            for k, p in pretrained.items()}

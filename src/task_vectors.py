@@ -1,0 +1,46 @@
+"""Task vectors on state dicts: τ_k = θ_k − θ₀ (Ilharco et al., 2023; algorithms.md §1.1).
+
+Integer tensors (position ids and the like) have no task vector, as in the reference, which skips int64 and uint8
+keys: this module skips every non-floating-point key, a superset that changes nothing on real checkpoints.
+The functions are pure and touch one tensor at a time, so inputs that are memory-mapped stay on disk until used.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+def has_task_vector(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point()
+
+
+def vector_keys(pretrained: StateDict) -> list[str]:
+    """The keys that carry a task vector, in state-dict order."""
+    return [k for k, v in pretrained.items() if has_task_vector(v)]
+
+
+def task_vector(pretrained: StateDict, finetuned: StateDict) -> StateDict:
+    """τ = θ_ft − θ₀ for every floating-point key of θ₀."""
+    return {k: finetuned[k] - pretrained[k] for k in vector_keys(pretrained)}
+
+
+def key_task_vectors(key: str, pretrained: StateDict, finetuned: Sequence[StateDict]) -> list[torch.Tensor]:
+    """[τ_1[key], …, τ_K[key]]: one tensor of every task vector, for methods that stream key by key."""
+    return [ft[key] - pretrained[key] for ft in finetuned]
+
+
+def sum_vectors(vectors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """τ_1 + τ_2 + … accumulated left to right, the order of the reference's `sum(task_vectors)`."""
+    vectors = iter(vectors)
+    total = next(vectors)
+    for v in vectors:
+        total = total + v
+    return total
+
+
+def apply(pretrained: StateDict, vector: StateDict, scaling_coef: float = 1.0) -> StateDict:
+    """θ = θ₀ + λ·τ on the keys τ has; every other key keeps its pretrained value (reference `apply_to`)."""
+    return {k: (p + scaling_coef * vector[k]) if k in vector else p for k, p in pretrained.items()}
