@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from safetensors.torch import save_file as _save_safetensors
 from src.files import atomic_write
 
 StateDict = dict[str, torch.Tensor]
+GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
 _KEYS_SHOWN = 5
 # safetensors sorts its keys; state-dict order matters (AdaMerging pairs coefficients with tensors by position),
 # so the order is kept in the file's metadata.
@@ -137,3 +139,31 @@ def save_state_dict(state_dict: StateDict, path: str | os.PathLike) -> None:
                               metadata={"format": "pt", _KEY_ORDER: json.dumps(list(state_dict))})
         else:
             torch.save(dict(state_dict), tmp)
+
+
+@dataclass
+class CheckpointSet:
+    """Where one backbone's checkpoints live. `family` labels every result row ('task_vectors', 'demo', ...)."""
+    model: str
+    family: str
+    pretrained: Path
+    finetuned: dict[str, Path]
+    heads: dict[str, Path] = field(default_factory=dict)
+
+
+def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str = "task_vectors"
+                     ) -> CheckpointSet:
+    """Locate `<root>/<model>/zeroshot.pt`, `<root>/<model>/<Task>/finetuned.pt` and optional `head_<Task>.pt`.
+
+    Raises one CheckpointError listing every missing path, so a user fixes them all in one go.
+    """
+    base = Path(root) / model
+    pretrained = base / "zeroshot.pt"
+    finetuned = {t: base / t / "finetuned.pt" for t in tasks}
+    missing = [p for p in [pretrained, *finetuned.values()] if not p.exists()]
+    if missing:
+        listing = "\n  ".join(str(p) for p in missing)
+        raise CheckpointError(base, f"{len(missing)} checkpoint file(s) missing:\n  {listing}\n"
+                                    f"See {GETTING_CHECKPOINTS} for where to get them.")
+    heads = {t: base / f"head_{t}.pt" for t in tasks if (base / f"head_{t}.pt").exists()}
+    return CheckpointSet(model, family, pretrained, finetuned, heads)
