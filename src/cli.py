@@ -86,7 +86,8 @@ def open_suite(args: argparse.Namespace) -> Suite:
             if args.checkpoints is not None:
                 raise
             print(DEMO_BANNER.format(missing=Path(root) / args.model), file=sys.stderr)
-    return _suite(args, DEFAULT_CHECKPOINTS, DEMO_MODEL, DEMO_TASKS)
+    asked = task_list(args.tasks)
+    return _suite(args, DEFAULT_CHECKPOINTS, DEMO_MODEL, asked if set(asked) <= set(DEMO_TASKS) else DEMO_TASKS)
 
 
 def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
@@ -137,8 +138,13 @@ class Run:
     def report(self, method: str, accuracy: Mapping[str, float], **extra) -> Path:
         """Write `<out>/<method>.csv` (+ provenance) and print it next to the zero-shot and individual rows."""
         zeroshot, individual = self.reference("zeroshot"), self.reference("individual")
-        path = self._write(method, accuracy, individual, extra, self.args.hyperparameters)
+        # A merge that does worse than not merging at all is usually a broken run (EMR#10-style collapse).
+        below = [t for t in accuracy if t in zeroshot and accuracy[t] < zeroshot[t]]
+        path = self._write(method, accuracy, individual, {"below_zeroshot": below, **extra},
+                           self.args.hyperparameters)
         print(format_table({"zero-shot": zeroshot, "individual": individual, method: accuracy}, self.suite.tasks))
+        if below:
+            print(f"WARNING: {method} is below zero-shot on {', '.join(below)}", file=sys.stderr)
         print(f"results: {path}")
         return path
 

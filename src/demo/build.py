@@ -35,7 +35,7 @@ from src.modeling import DEMO_MODEL, ImageEncoder, create_clip, get_tokenizer  #
 
 ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
 SEED = 0
-PRETRAIN_STEPS = 1500
+PRETRAIN_STEPS = 2000
 PRETRAIN_BATCH = 256
 PRETRAIN_LR = 2e-3
 FINETUNE_STEPS = 400
@@ -61,11 +61,15 @@ def pretrain(steps: int, batch: int, lr: float, seed: int):
     rng = np.random.default_rng(seed)
     model, _, _ = create_clip(DEMO_MODEL)
     tokenizer = get_tokenizer(DEMO_MODEL)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    # As open_clip trains: no weight decay on gains, biases, embeddings and the logit scale.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
     schedule = cosine_lr(optimizer, lr, steps)
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain demo CLIP"):
-        attrs, labels = world.sample(batch, rng, objects=(1, 5), kinds=(0.6, 0.2, 0.2))
+    for step in (bar := tqdm(range(steps), desc="pretrain demo CLIP")):
+        attrs, labels = world.sample(batch, rng, objects=(1, 5), single=0.6, kinds=(0.5, 0.25, 0.25))
         images = demo_tasks.tensors(world.render(attrs, rng))
         text = tokenizer(world.captions(attrs, labels, rng))
         img = F.normalize(model.encode_image(images), dim=-1)
@@ -79,6 +83,8 @@ def pretrain(steps: int, batch: int, lr: float, seed: int):
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     return model.eval()
 
 

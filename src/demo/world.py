@@ -154,16 +154,18 @@ _SCENE_PAINTERS = [
 ]
 
 
-def sample(n: int, rng: np.random.Generator, *, objects=(1, 1), kinds=(0.7, 0.15, 0.15), sizes=SIZES,
-           scenes=None, noise=(0.0, 8.0)) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def sample(n: int, rng: np.random.Generator, *, objects=(1, 1), single: float = 0.0, kinds=(0.7, 0.15, 0.15),
+           sizes=SIZES, scenes=None, noise=(0.0, 8.0)) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Random attributes for n images, and their labels (attributes of the first object, scene, count).
+
+    The object count is uniform in `objects`, except that a share `single` of the images holds one object.
 
     Objects sit in distinct cells of a 3×3 grid (jittered), so positions and counts are well defined.
     """
     attrs = empty_attributes(n)
     attrs["scene"] = rng.choice(scenes if scenes is not None else len(SCENES), size=n)
     attrs["noise"] = rng.uniform(*noise, size=n).astype(np.float32)
-    count = rng.integers(objects[0], objects[1] + 1, size=n)
+    count = np.where(rng.random(n) < single, 1, rng.integers(objects[0], objects[1] + 1, size=n))
     cells = np.argsort(rng.random((n, 9)), axis=1)[:, :MAX_OBJECTS]
     m = MAX_OBJECTS
     attrs["present"] = np.arange(m)[None, :] < count[:, None]
@@ -191,7 +193,7 @@ def sample(n: int, rng: np.random.Generator, *, objects=(1, 1), kinds=(0.7, 0.15
 
 
 def captions(attrs: dict[str, np.ndarray], labels: dict[str, np.ndarray], rng: np.random.Generator,
-             p_mention: float = 0.5) -> list[str]:
+             p_mention: float = 0.7) -> list[str]:
     """One caption per image, mentioning a random subset of its attributes (as web alt-texts do)."""
     out = []
     for i in range(len(attrs["scene"])):
@@ -203,17 +205,17 @@ def captions(attrs: dict[str, np.ndarray], labels: dict[str, np.ndarray], rng: n
         if kind == 0:
             noun = SHAPES[labels["shape"][i]]
         elif kind == 1:
-            noun = "arrow" + (f" pointing {DIRECTIONS[labels['direction'][i]]}" if maybe() else "")
+            noun = "arrow" + (f" pointing {DIRECTIONS[labels['direction'][i]]}" if maybe(0.9) else "")
         else:
-            noun = f"number {DIGITS[labels['digit'][i]]}" if maybe(0.8) else "digit"
+            noun = f"number {DIGITS[labels['digit'][i]]}" if maybe(0.9) else "digit"
         words = [w for w, keep in ((SIZES[labels["size"][i]], maybe(0.3)), (COLORS[labels["color"][i]], maybe()),
                                    (TEXTURES[labels["texture"][i]], maybe())) if keep]
         text = " ".join(["a", *words, noun])
         if count > 1:
             text = f"{COUNTS[count - 1]} objects" + (f" with {text}" if maybe() else "")
-        elif maybe(0.4):
+        elif maybe():
             text += f" in the {POSITIONS[labels['position'][i]]}"
-        if maybe(0.5):
+        if maybe():
             text += f" on a {SCENES[labels['scene'][i]]} background"
         if maybe(0.3):
             text = "a photo of " + text
