@@ -23,6 +23,7 @@ position, algorithms.md §3.1), skipping `None` entries and non-persistent buffe
 """
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import collections
 import io
@@ -35,8 +36,6 @@ import torch
 # Packages whose classes and functions a pickled task_vectors module refers to; they load as inert placeholders.
 PLACEHOLDER_PACKAGES = ("src", "open_clip", "torchvision", "torch.nn", "timm")
 
-# Protocol-2 pickles written by Python 2 era code name these modules by their old names.
-_RENAMED_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg", "torch.tensor": "torch._tensor"}
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -118,6 +117,13 @@ def is_placeholder(obj: Any, pickled_name: str | None = None) -> bool:
     return isinstance(obj, Placeholder) and pickled_name in (None, obj.pickled_name)
 
 
+def _current_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles name Python 3 objects by their Python 2 names (`__builtin__`, `copy_reg`, `commands`...)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def _in_placeholder_package(module: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in PLACEHOLDER_PACKAGES)
 
@@ -128,7 +134,7 @@ class Unpickler(pickle.Unpickler):
     allow_numpy = False
 
     def find_class(self, module: str, name: str):
-        module = _RENAMED_MODULES.get(module, module)
+        module, name = _current_name(module, name)
         allowed = _TENSOR_GLOBALS.get((module, name))
         if allowed is None and self.allow_numpy:
             allowed = _NUMPY_GLOBALS.get((module, name))
