@@ -8,3 +8,6 @@ TALL20 = TALL14 + ["CIFAR10", "Food101", "FashionMNIST", "EMNIST", "KMNIST", "Re
 TASK_LISTS = {"TA8": TA8, "TALL14": TALL14, "TALL20": TALL20}
 
 __all__ = ["TaskData", "get_task", "known_tasks", "register", "TA8", "TALL14", "TALL20", "TASK_LISTS"]
+
+# The real tasks register themselves on import; importing them here makes them known wherever tasks are.
+import src.datasets.tasks  # noqa: E402,F401
