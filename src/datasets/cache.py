@@ -7,10 +7,10 @@ the preprocess (its repr, which lists sizes, interpolation, mean and std) and ev
 modification time, so changing either makes a new entry.
 
 What is stored is exact, not an approximation: the preprocess is split at its ToTensor step. Everything before it
-(resize, crop, RGB conversion) yields 8-bit RGB images, stored as uint8 [N, H, W, 3]; the steps from ToTensor on
+(resize, crop, RGB conversion) yields 8-bit images, stored as uint8 [N, H, W(, 3)]; the steps from ToTensor on
 (scaling by 1/255, normalisation) are applied when an item is read, to the stored array, which gives bit-identical
-tensors to the full preprocess on the original image. A preprocess without that shape is stored as its float32
-output instead (4× the disk, equally exact). Disk use with ViT 224-px preprocessing: 150 KB per image (about 13 GB
+tensors to the full preprocess on the original image. Any other preprocess (no ToTensor step, or one that does not
+yield 8-bit L/RGB images before it) is stored as its float32 output instead (4× the disk, equally exact). Disk use with ViT 224-px preprocessing: 150 KB per image (about 13 GB
 for the eight TA8 test sets).
 """
 from __future__ import annotations
@@ -85,16 +85,21 @@ class _Stage(Dataset):
         image, label = self.dataset.samples.image(index), int(self.dataset.samples.labels[index])
         out = self.stored(image)
         if self.as_uint8:
-            if not (isinstance(out, Image.Image) and out.mode == "RGB"):
+            if not _is_8bit(out):
                 raise TypeError(f"the steps before ToTensor gave {type(out).__name__} "
-                                f"{getattr(out, 'mode', '')}, not an RGB image")
+                                f"{getattr(out, 'mode', '')}, not an 8-bit L or RGB image")
             return np.asarray(out, dtype=np.uint8), label
         return torch.as_tensor(out, dtype=torch.float32).numpy(), label
 
 
+def _is_8bit(image) -> bool:
+    # ToTensor scales exactly these modes by 1/255, from a PIL image and from its uint8 array alike.
+    return isinstance(image, Image.Image) and image.mode in ("L", "RGB")
+
+
 def _build(dataset: SplitDataset, folder: Path, num_workers: int) -> None:
     parts = split_at_to_tensor(dataset.preprocess)
-    as_uint8 = parts is not None
+    as_uint8 = parts is not None and len(dataset) > 0 and _is_8bit(parts[0](dataset.samples.image(0)))
     stage = _Stage(dataset, parts[0] if as_uint8 else dataset.preprocess, as_uint8)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

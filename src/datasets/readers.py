@@ -99,7 +99,7 @@ def image_folder(root: Path, classname: Callable[[str], str] | None = None,
                          is_valid_file=(lambda p: keep(p) and p.lower().endswith(IMG_EXTENSIONS)) if keep else None,
                          allow_empty=True)
     paths = [Path(p) for p, _ in items]
-    return Samples(labels=np.array([label for _, label in items], dtype=np.int64), source_files=paths, paths=paths,
+    return Samples(labels=np.array([label for _, label in items], dtype=np.int64), source_files=list(paths), paths=paths,
                    classnames=[classname(c) for c in classes] if classname else list(classes))
 
 
