@@ -58,6 +58,18 @@ class ImageEncoder(nn.Module):
         if state_dict is not None:
             self.load_state_dict(state_dict, strict=True)
 
+    def load_vision_state_dict(self, state_dict: dict[str, torch.Tensor], proj: torch.Tensor) -> None:
+        """Load a vision-tower-only state dict (Hugging Face checkpoints, `src.hf_clip`) and the projection `proj`.
+
+        Every `model.visual.*` key except `proj` must be present; the text-side leftovers, which image features do
+        not use, keep their current values.
+        """
+        expected = {k for k in self.state_dict() if k.startswith("model.visual.")} - {"model.visual.proj"}
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise KeyError(f"not a {self.model_name} vision tower: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict({**state_dict, "model.visual.proj": proj}, strict=False)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
 
