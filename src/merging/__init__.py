@@ -1,4 +1,6 @@
 """Merging methods: pure functions and classes on state dicts, one module per method, no I/O."""
+from src.merging.emr import EMRModel, emr_merging
 from src.merging.task_arithmetic import task_arithmetic
+from src.merging.ties import ties_merging, ties_selected_vectors
 
-__all__ = ["task_arithmetic"]
+__all__ = ["EMRModel", "emr_merging", "task_arithmetic", "ties_merging", "ties_selected_vectors"]

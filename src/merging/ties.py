@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from src.task_vectors import StateDict, vector_keys
+from src.task_vectors import StateDict, changed_keys, check_finetuned
 
 MERGE_FUNCS = ("sum", "mean", "max")
 VISION_PREFIX = "model.visual."
@@ -59,7 +59,7 @@ def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], k: float
     """
     merge_func = _merge_func_name(merge_func)
     keys = _checked_keys(pretrained, finetuned)
-    moved = _moved_keys(pretrained, finetuned, keys)
+    moved = changed_keys(pretrained, finetuned, keys)
     flats = {key: torch.empty(pretrained[key].numel()) for key in keys if key in moved}
     for key, where, selected, gamma in _selected_blocks(pretrained, finetuned, keys, moved, k, vision_only_k):
         merged = _disjoint_merge(selected, gamma, merge_func).mul_(scaling_coef)
@@ -77,7 +77,7 @@ def ties_selected_vectors(pretrained: StateDict, finetuned: Sequence[StateDict],
     Returns K state dicts with every floating-point key of `pretrained`, in state-dict order.
     """
     keys = _checked_keys(pretrained, finetuned)
-    moved = _moved_keys(pretrained, finetuned, keys)
+    moved = changed_keys(pretrained, finetuned, keys)
     outs = [{key: torch.zeros(pretrained[key].numel()) for key in keys} for _ in finetuned]
     for key, where, selected, _ in _selected_blocks(pretrained, finetuned, keys, moved, k, vision_only_k):
         for out, row in zip(outs, selected):
@@ -89,7 +89,7 @@ def ties_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], k: fl
                     vision_only_k: bool = False) -> torch.Tensor:
     """t_k for every task: the k-th smallest |τ_k| (k = d − int(d·K)) over the threshold entries, shape [K]."""
     keys = _checked_keys(pretrained, finetuned)
-    return _thresholds(pretrained, finetuned, keys, _moved_keys(pretrained, finetuned, keys), k, vision_only_k)
+    return _thresholds(pretrained, finetuned, keys, changed_keys(pretrained, finetuned, keys), k, vision_only_k)
 
 
 def keep_fraction(k: float) -> float:
@@ -118,24 +118,12 @@ def _merge_func_name(merge_func: str) -> str:
 
 
 def _checked_keys(pretrained: StateDict, finetuned: Sequence[StateDict]) -> list[str]:
-    if not finetuned:
-        raise ValueError("TIES-Merging needs at least one fine-tuned state dict")
-    keys = vector_keys(pretrained)
+    keys = check_finetuned(pretrained, finetuned, "TIES-Merging")
     for key in keys:
         if pretrained[key].dtype != torch.float32:
             raise ValueError(f"key '{key}' is {pretrained[key].dtype}; TIES-Merging works on float32 state dicts "
                              "(convert them with .float() first)")
-        for i, ft in enumerate(finetuned):
-            if key not in ft or ft[key].shape != pretrained[key].shape or ft[key].dtype != torch.float32:
-                found = "missing" if key not in ft else f"{ft[key].dtype} {tuple(ft[key].shape)}"
-                raise ValueError(f"fine-tuned state dict {i}: key '{key}' is {found}, expected float32 "
-                                 f"{tuple(pretrained[key].shape)} as in the pretrained one")
     return keys
-
-
-def _moved_keys(pretrained: StateDict, finetuned: Sequence[StateDict], keys: list[str]) -> set[str]:
-    """The keys some fine-tuned model changed; the others have τ = 0 for every task and need no arithmetic."""
-    return {key for key in keys if any(not torch.equal(ft[key], pretrained[key]) for ft in finetuned)}
 
 
 def _blocks(pretrained: StateDict, finetuned: Sequence[StateDict], keys: list[str]
