@@ -11,7 +11,7 @@ from src.merging import emr_merging
 
 GLOBAL_RESCALER = False  # True: r_k from whole-model L1 norms instead of the reference's sum of per-tensor means
 ABLATION = True  # also evaluate the unified vector alone (no masks, no rescalers)
-SAVE = True  # write the EMR model (unified vector + bit-packed masks + rescalers) to results/<model>/emr_model.safetensors
+SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers) to <results>/emr_model.safetensors
 
 
 def main(argv: list[str] | None = None) -> None:

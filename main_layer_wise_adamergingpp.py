@@ -2,7 +2,7 @@
 
 Learns one merging coefficient per state-dict tensor and task (layer-wise) or per task (task-wise), starting at 0.3,
 by minimising the Shannon entropy of each task's frozen zero-shot head on unlabeled test images: per step, for
-every task in order, BATCHES_PER_TASK shuffled batches of BATCH_SIZE test images, one backward of the summed mean
+every task in order, BATCHES_PER_TASK shuffled batches of ADAPT_BATCH_SIZE test images, one backward of the summed mean
 entropies, one Adam step; merge θ = θ₀ + Σ_k clamp(λ_k, 0, 1)·τ_k. The ++ variants use the TIES-selected task
 vectors (top 20 %, elected sign) instead of τ_k. Unlike the reference, batches come from a seeded generator.
 
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from src.cli import Run, parse_args
 from src.merging import AdaMerging, layer_wise_merge
-from src.merging.adamerging import load_coefficients, seeded_batches
+from src.merging.adamerging import load_coefficients, save_coefficients, seeded_batches
 from src.merging.ties import ties_selected_vectors
 from src.modeling import ImageEncoder
 from src.plots import coefficient_heatmap, training_curves
@@ -28,7 +28,7 @@ VARIANT = "layer_wise_pp"  # layer_wise_pp, layer_wise, task_wise_pp or task_wis
 STEPS = 500  # optimiser steps (the reference's "epochs")
 LR = 1e-3
 INIT = 0.3  # initial λ: step 0 is Task Arithmetic (or TIES for ++) with λ = 0.3
-BATCH_SIZE = 16
+ADAPT_BATCH_SIZE = 16  # unlabeled test images per batch during adaptation
 BATCHES_PER_TASK = 2  # the reference's loop breaks after its second batch
 TIES_K = 20  # percent kept when selecting the ++ task vectors
 EVAL_EVERY = 0  # also evaluate every N steps (0: only at step 0 and at the end)
@@ -40,8 +40,9 @@ METHOD_NAMES = {"layer_wise_pp": "layer_wise_adamergingpp", "layer_wise": "layer
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, {"VARIANT": VARIANT, "STEPS": STEPS, "LR": LR, "INIT": INIT, "BATCH_SIZE": BATCH_SIZE,
-                                "BATCHES_PER_TASK": BATCHES_PER_TASK, "TIES_K": TIES_K, "EVAL_EVERY": EVAL_EVERY,
+    args = parse_args(__doc__, {"VARIANT": VARIANT, "STEPS": STEPS, "LR": LR, "INIT": INIT,
+                                "ADAPT_BATCH_SIZE": ADAPT_BATCH_SIZE, "BATCHES_PER_TASK": BATCHES_PER_TASK,
+                                "TIES_K": TIES_K, "EVAL_EVERY": EVAL_EVERY,
                                 "VECTOR_DTYPE": VECTOR_DTYPE, "SEED": SEED, "COEFFICIENTS": COEFFICIENTS}, argv)
     if args.variant not in METHOD_NAMES:
         raise ValueError(f"--variant {args.variant}: expected one of {', '.join(METHOD_NAMES)}")
@@ -61,13 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     run.report(f"{method}_init", init, seed=args.seed)
     if args.coefficients:
         coefficients = load_coefficients(args.coefficients, vector_keys(pretrained), tasks)
-        history = pd.DataFrame({"step": [0], "loss": [float("nan")], "avg_accuracy": [sum(init.values()) / len(tasks)]})
+        history = pd.DataFrame({"step": [0], "loss": [float("nan")],
+                                "avg_accuracy": [sum(init.values()) / len(tasks)]})
     else:
         coefficients, history = adapt(args, suite, pretrained, vectors, granularity, evaluate, init)
     final = evaluate(coefficients, f"{method} final")
     paths = {"coefficients_pt": f"{method}_coefficients.pt", "coefficients_csv": f"{method}_coefficients.csv"}
     if not args.coefficients:
-        from src.merging.adamerging import save_coefficients
         save_coefficients(coefficients, run.out / paths["coefficients_pt"], run.out / paths["coefficients_csv"],
                           vector_keys(pretrained), tasks)
     history.loc[history.step == history.step.max(), "avg_accuracy"] = sum(final.values()) / len(tasks)
@@ -94,7 +95,7 @@ def adapt(args, suite, pretrained, vectors, granularity, evaluate, init):
     rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": sum(init.values()) / len(init)}]
     for step in (bar := tqdm(range(1, args.steps + 1), desc="AdaMerging")):
         batches = [[torch.stack([data[int(i)][0] for i in idx])
-                    for idx in seeded_batches(len(data), args.batch_size, args.batches_per_task, generator)]
+                    for idx in seeded_batches(len(data), args.adapt_batch_size, args.batches_per_task, generator)]
                    for data in test_sets]
         loss = trainer.step(batches)
         accuracy = None
