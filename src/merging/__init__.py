@@ -1,5 +1,8 @@
 """Merging methods: pure functions and classes on state dicts, one module per method, no I/O."""
 from src.merging.adamerging import AdaMerging, layer_wise_merge
+from src.merging.emr import EMRModel, emr_merging
 from src.merging.task_arithmetic import task_arithmetic
+from src.merging.ties import ties_merging, ties_selected_vectors
 
-__all__ = ["AdaMerging", "layer_wise_merge", "task_arithmetic"]
+__all__ = ["AdaMerging", "EMRModel", "emr_merging", "layer_wise_merge", "task_arithmetic", "ties_merging",
+           "ties_selected_vectors"]
