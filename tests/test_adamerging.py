@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from src.merging import AdaMerging, layer_wise_merge, task_arithmetic
+from src.merging import AdaMerging, layer_wise_merge, task_arithmetic, ties_merging, ties_selected_vectors
 from src.merging.adamerging import entropy_loss, load_coefficients, seeded_batches, softmax_entropy
 from src.modeling import ClassificationHead, ImageEncoder
 from src.task_vectors import task_vector, vector_keys
@@ -287,38 +287,18 @@ def test_trainer_rejects_bad_input(demo):
 
 # ---------- AdaMerging++: TIES-selected task vectors ----------
 
-def _reference_ties_selected(pre, fts, k=20):
-    """TIES selection as the reference computes it (algorithms.md §2, §3.4): rows flattened over the sorted keys,
-    top-k % by |τ| per row (kthvalue threshold, ties kept), sign by mass with zero sums set to the majority sign,
-    then each row keeps only its entries that agree with the elected sign."""
-    keys = sorted(pre)
-    rows = torch.stack([torch.cat([(ft[key] - pre[key]).reshape(-1) for key in keys]) for ft in fts])
-    d = rows.shape[1]
-    kth = rows.abs().kthvalue(d - int(d * k / 100), dim=1, keepdim=True).values
-    trimmed = rows * (rows.abs() >= kth)
-    sign = trimmed.sum(0).sign()
-    sign[sign == 0] = sign.sum().sign()
-    selected = trimmed * torch.where(sign > 0, trimmed > 0, trimmed < 0)
-    out = []
-    for row in selected:
-        pieces = row.split([pre[key].numel() for key in keys])
-        out.append({key: piece.reshape(pre[key].shape) for key, piece in zip(keys, pieces)})
-    return out, selected
-
-
 def test_plus_plus_at_init_is_ties_dis_sum(demo):
     pre = demo["pre"]
-    selected, rows = _reference_ties_selected(pre, demo["fts"])
-    assert 0.1 < (rows != 0).float().mean() < 0.2  # trimmed to 20 % and sign-filtered: really sparse
+    selected = ties_selected_vectors(pre, demo["fts"], k=20)
+    d = sum(pre[k].numel() for k in vector_keys(pre))
+    nonzero = sum(int((tv[k] != 0).sum()) for tv in selected for k in tv) / (K * d)
+    assert 0.1 < nonzero < 0.2  # trimmed to 20 % and sign-filtered: really sparse, so ++ differs from plain
     merged = layer_wise_merge(pre, selected, torch.full((len(vector_keys(pre)), K), 0.3))
-    total = rows.sum(0)  # dis-sum: Σ_k selected_k, then θ₀ + λ·Σ
-    keys = sorted(pre)
-    ties = dict(zip(keys, (pre[key] + 0.3 * piece.reshape(pre[key].shape)
-                           for key, piece in zip(keys, total.split([pre[key].numel() for key in keys])))))
+    ties = ties_merging(pre, demo["fts"], k=20, scaling_coef=0.3, merge_func="dis-sum")
     for key in pre:
+        # TIES sums the selected entries before scaling by λ, AdaMerging++ scales each: equal to float32 rounding.
         torch.testing.assert_close(merged[key], ties[key], rtol=1e-6, atol=1e-7)
-    ada = _trainer(demo)
-    ada_pp = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"]))
-    pp_params = ada_pp.merged_params()
-    assert all(torch.equal(pp_params[k].detach(), merged[k]) for k in pp_params)
-    assert not torch.equal(pp_params["model.visual.proj"], ada.merged_params()["model.visual.proj"])
+    plain = _trainer(demo).merged_params()
+    plus_plus = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"])).merged_params()
+    assert all(torch.equal(plus_plus[k].detach(), merged[k]) for k in plus_plus)
+    assert not torch.equal(plus_plus["model.visual.proj"], plain["model.visual.proj"])
