@@ -263,6 +263,16 @@ def test_save_load_coefficients_same_merge(demo, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.pt"]  # no temporary file left
 
 
+def test_save_load_task_wise_coefficients(demo, tmp_path):
+    ada = _trainer(demo, granularity="task")
+    with torch.no_grad():
+        ada.raw.copy_(torch.tensor([0.25, 1.5, -0.1]))
+    ada.save_coefficients(tmp_path / "t.pt", tmp_path / "t.csv", ["a", "b", "c"])
+    assert (tmp_path / "t.csv").read_text() == "tensor,a,b,c\n*,0.25,1.0,0.0\n"  # clamped, one row for all tensors
+    loaded = load_coefficients(tmp_path / "t.pt", ada.tensor_names, ["a", "b", "c"])
+    assert loaded.tolist() == [0.25, 1.0, 0.0]
+
+
 def test_load_coefficients_checks_names(demo, tmp_path):
     ada = _trainer(demo)
     ada.save_coefficients(tmp_path / "c.pt", tmp_path / "c.csv", ["a", "b", "c"])
