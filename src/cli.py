@@ -1,0 +1,159 @@
+"""What the five entry scripts share: flags, finding the checkpoints (or the demo suite), reference rows, reporting.
+
+An entry script declares its hyperparameters as constants, hands them to `parse_args` (each becomes a flag), opens a
+`Run`, merges, and calls `Run.report` with the accuracies. Everything else is here, once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+from src.checkpoints import CheckpointError, find_checkpoints
+from src.datasets import TASK_LISTS
+from src.demo.tasks import TASK_NAMES as DEMO_TASKS
+from src.eval import default_device
+from src.modeling import DEMO_MODEL
+from src.results import (format_table, paper_numbers, provenance, read_results, results_table,
+                         write_results)
+from src.suite import Suite
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINTS = REPO / "checkpoints"
+DEFAULT_DATA = REPO / "data"
+DEFAULT_RESULTS = REPO / "results"
+DEMO_BANNER = """\
+==============================================================================================
+ DEMO SUITE: no real checkpoints were found under {missing}, so this runs on the bundled
+ offline demo (a tiny CLIP and eight synthetic tasks; numbers are NOT comparable to the papers).
+ For real results put the task_vectors checkpoints under checkpoints/<model>/ and the datasets
+ under data/ (README: 'Getting the checkpoints and data'), or pass --checkpoints DIR --data DIR.
+=============================================================================================="""
+
+
+def parse_args(description: str, hyperparameters: Mapping[str, object], argv: list[str] | None = None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """Common flags plus one flag per hyperparameter (`SCALING_COEF` -> `--scaling-coef`, default = the constant).
+
+    `extra(parser)` may add script-specific flags that are not hyperparameters.
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    runs = parser.add_argument_group("what to run on")
+    runs.add_argument("--model", default="ViT-B-32", help="ViT-B-32, ViT-B-16 or ViT-L-14")
+    runs.add_argument("--checkpoints", type=Path, default=None,
+                      help=f"checkpoint root holding <model>/zeroshot.pt etc. [default: {DEFAULT_CHECKPOINTS}, "
+                           "falling back to the demo suite when it has none]")
+    runs.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root (the task_vectors layout)")
+    runs.add_argument("--tasks", default="TA8", help=f"a task list ({', '.join(TASK_LISTS)}) or comma-separated "
+                                                     "task names")
+    runs.add_argument("--demo", action="store_true", help="run on the bundled demo suite even if real ones exist")
+    runs.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (the reference's 128)")
+    runs.add_argument("--device", default=None, help="cuda or cpu [default: cuda when available]")
+    runs.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                      help="fp16 autocast for evaluation [default: on with CUDA; --no-amp gives the reference fp32]")
+    runs.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="where results tables go")
+    runs.add_argument("--reevaluate", action="store_true",
+                      help="evaluate zero-shot and individual models again instead of reusing stored tables")
+    method = parser.add_argument_group("hyperparameters (constants at the top of the script)")
+    for name, default in hyperparameters.items():
+        flag = "--" + name.lower().replace("_", "-")
+        if isinstance(default, bool):
+            method.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            method.add_argument(flag, type=type(default), default=default)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.hyperparameters = {name: getattr(args, name.lower()) for name in hyperparameters}
+    return args
+
+
+def task_list(spec: str) -> list[str]:
+    return list(TASK_LISTS[spec]) if spec in TASK_LISTS else [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def open_suite(args: argparse.Namespace) -> Suite:
+    """The real checkpoints the flags point at or, when none were asked for and none are present, the demo suite."""
+    if not args.demo:
+        root = args.checkpoints or DEFAULT_CHECKPOINTS
+        try:
+            return _suite(args, root, args.model, task_list(args.tasks))
+        except CheckpointError:
+            if args.checkpoints is not None:
+                raise
+            print(DEMO_BANNER.format(missing=Path(root) / args.model), file=sys.stderr)
+    asked = task_list(args.tasks)
+    return _suite(args, DEFAULT_CHECKPOINTS, DEMO_MODEL, asked if set(asked) <= set(DEMO_TASKS) else DEMO_TASKS)
+
+
+def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
+    family = {"family": "demo"} if model == DEMO_MODEL else {}
+    found = find_checkpoints(root, model, tasks, **family)
+    # A whole CLIP beside the checkpoints (the demo ships one) gives the text tower for the zero-shot heads;
+    # otherwise it is open_clip's 'openai' weights, as task_vectors used.
+    clip = Path(root) / model / "clip.pt"
+    return Suite(found, tasks, text_tower=str(clip) if clip.exists() else "openai",
+                 data_location=args.data, batch_size=args.batch_size, device=args.device, amp=args.amp)
+
+
+class Run:
+    """One entry-script run: its suite, where its tables go, the reference rows, and reporting."""
+
+    def __init__(self, args: argparse.Namespace, suite: Suite | None = None):
+        self.args = args
+        self.started = time.time()
+        self.suite = suite or open_suite(args)
+        self.device = str(args.device or default_device())
+        name = self.suite.model if self.suite.family in ("task_vectors", "demo") else \
+            f"{self.suite.model}_{self.suite.family}"
+        self.out = Path(args.results) / name
+
+    @property
+    def backbone(self) -> str:
+        return self.suite.model
+
+    def reference(self, method: str) -> dict[str, float]:
+        """Zero-shot ('zeroshot') or fine-tuned ('individual') accuracies, reused from `<out>/<method>.csv` when that
+        table was made from the same checkpoint files on the same tasks, else evaluated and stored there."""
+        path = self.out / f"{method}.csv"
+        hashes = self.suite.checkpoint_hashes()
+        if path.exists() and not self.args.reevaluate:
+            stored = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+            table = read_results(path)
+            rows = dict(zip(table.task, table.accuracy))
+            if stored.get("checkpoint_sha256") == hashes and all(t in rows for t in self.suite.tasks):
+                return {t: float(rows[t]) for t in self.suite.tasks}
+        if method == "zeroshot":
+            accuracy = self.suite.zeroshot_accuracies()
+        else:
+            accuracy = self.suite.individual_accuracies()
+        individual = accuracy if method == "individual" else self.reference("individual")
+        self._write(method, accuracy, individual, {}, hyperparameters={})
+        return accuracy
+
+    def report(self, method: str, accuracy: Mapping[str, float], **extra) -> Path:
+        """Write `<out>/<method>.csv` (+ provenance) and print it next to the zero-shot and individual rows."""
+        zeroshot, individual = self.reference("zeroshot"), self.reference("individual")
+        # A merge that does worse than not merging at all is usually a broken run (EMR#10-style collapse).
+        below = [t for t in accuracy if t in zeroshot and accuracy[t] < zeroshot[t]]
+        path = self._write(method, accuracy, individual, {"below_zeroshot": below, **extra},
+                           self.args.hyperparameters)
+        print(format_table({"zero-shot": zeroshot, "individual": individual, method: accuracy}, self.suite.tasks))
+        if below:
+            print(f"WARNING: {method} is below zero-shot on {', '.join(below)}", file=sys.stderr)
+        print(f"results: {path}")
+        return path
+
+    def _write(self, method: str, accuracy: Mapping[str, float], individual: Mapping[str, float],
+               extra: dict, hyperparameters: dict) -> Path:
+        paper = paper_numbers(self.backbone, self.suite.family, method)
+        table = results_table(method, self.backbone, self.suite.family, accuracy, individual, paper)
+        path = self.out / f"{method}.csv"
+        write_results(path, table, provenance(
+            hyperparameters=hyperparameters, checkpoints=self.suite.checkpoint_hashes(),
+            seed=extra.pop("seed", None), started=self.started, device=self.device, tasks=self.suite.tasks, **extra))
+        return path

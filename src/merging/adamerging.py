@@ -1,0 +1,252 @@
+"""AdaMerging (Yang et al., ICLR 2024): merging coefficients learned by entropy minimisation on unlabeled test images.
+
+Layer-wise: θ^l = θ₀^l + Σ_k clamp(λ_k^l, 0, 1)·τ_k^l, one coefficient λ_k^l per state-dict tensor l and task k
+(algorithms.md §3.1–3.3). Task-wise: one λ_k per task, shared by every tensor (§3.5). AdaMerging++ is the same with
+the TIES-selected task vectors (trimmed, sign-elected, zero elsewhere; §3.4) in place of τ_k: every function here
+takes any list of task vectors, so ++ is a choice of input, not a separate code path.
+
+Objective of one optimiser step, over the tasks k and the unlabeled test batches B_{k,b} of each task:
+    L(λ) = Σ_k Σ_b mean_{x ∈ B_{k,b}} H(h_k(f(x; θ(λ)))),    H(z) = −Σ_c softmax(z)_c · log_softmax(z)_c
+with f the merged image encoder and h_k task k's frozen zero-shot head; λ starts at 0.3 and is trained with
+Adam(lr=1e-3, betas=(0.9, 0.999)). The reference takes 2 batches of 16 per task per step for 500 steps; the caller
+chooses the batches (see `seeded_batches`).
+
+Faithful to the reference [ADA] by default:
+- `clamp=True`: the merge uses clamp(λ, 0, 1); the raw parameter is unconstrained and gets zero gradient wherever
+  the clamp is active. `clamp=False` gives FusionBench's unclamped variant.
+- The merged tensor is accumulated as ((θ₀·1 + λ_1·τ_1) + λ_2·τ_2) + …, the reference's order. With every λ = 0.3 it
+  therefore equals Task Arithmetic with λ = 0.3 (which sums the τ_k first, then scales) up to float32 rounding
+  (≤ 1e-6), not bit for bit; the same holds for ++ against TIES (dis-sum, λ = 0.3).
+- One coefficient row per floating-point state-dict tensor in state-dict order, the text-side leftovers
+  (`model.token_embedding.weight`, …) included: they never reach the image forward, so their coefficients get zero
+  gradient and keep their initial value, as in the reference's 158-row tables for ViT-B/32.
+- The entropy has no epsilon. The heads are not merged: task k's logits always come from head k.
+
+How it computes (same objective and update, different machinery):
+- The merge runs once per step, with torch ops on the device the encoder lives on, and feeds the merged tensors to
+  one `ImageEncoder` through `torch.func.functional_call`; the reference re-merges on the CPU for every batch and
+  copies the result to the GPU.
+- The gradient of the summed loss is taken batch by batch into the merged tensors, then pushed once through the
+  merge to λ, so only one batch's activations are alive at a time and memory does not grow with the number of tasks
+  beyond the task vectors. It equals the reference's single backward of the summed loss up to the float rounding
+  of the accumulation order.
+- Only the `model.visual.*` tensors enter the forward (the text-side leftovers are never used by `encode_image`).
+- Everything random is seeded by the caller: the reference shuffles its test loaders without a seed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from itertools import zip_longest
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from src.files import atomic_write, write_text
+from src.task_vectors import StateDict, vector_keys
+
+VISION_PREFIX = "model.visual."
+GRANULARITIES = ("layer", "task")
+TASK_WISE_ROW = "*"  # the CSV row name of a task-wise coefficient vector: it applies to every tensor
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(z) = −Σ_c softmax(z)_c · log_softmax(z)_c per row of a [batch, classes] logit matrix (no epsilon)."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy over a batch: one batch's term of the AdaMerging objective."""
+    return softmax_entropy(logits).mean(0)
+
+
+def seeded_batches(dataset_len: int, batch_size: int = 16, num_batches: int = 2,
+                   generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The first `num_batches` index batches of one shuffled pass over a dataset of `dataset_len` items.
+
+    This is what the reference draws per task and step from a fresh `shuffle=True` test loader (2 batches of 16), but
+    reproducible: the permutation comes from `generator`. Like a DataLoader, a short dataset gives fewer batches.
+    """
+    if dataset_len <= 0 or batch_size <= 0 or num_batches <= 0:
+        raise ValueError(f"seeded_batches needs positive sizes, got dataset_len={dataset_len}, "
+                         f"batch_size={batch_size}, num_batches={num_batches}")
+    order = torch.randperm(dataset_len, generator=generator)
+    return [b for b in order[:batch_size * num_batches].split(batch_size)]
+
+
+def _merge(base: torch.Tensor, vectors: Sequence[torch.Tensor], lambdas: torch.Tensor) -> torch.Tensor:
+    """θ₀·1 + λ_1·τ_1 + λ_2·τ_2 + … accumulated left to right, the reference's rounding order (§3.2).
+
+    Vectors stored in a compact dtype are widened to θ₀'s dtype first: multiplying a bfloat16 tensor by a float32
+    scalar would otherwise compute in bfloat16.
+    """
+    merged = base
+    for tau, lam in zip(vectors, lambdas):
+        merged = merged + lam * tau.to(base.dtype)
+    return merged
+
+
+def _check_vectors(names: Sequence[str], task_vectors: Sequence[StateDict]) -> None:
+    if not task_vectors:
+        raise ValueError("AdaMerging needs at least one task vector")
+    for i, tv in enumerate(task_vectors):
+        missing = [k for k in names if k not in tv]
+        if missing:
+            raise ValueError(f"task vector {i} has no entry for {len(missing)} pretrained tensor(s), first "
+                             f"'{missing[0]}': build every task vector from the same pretrained model")
+
+
+def _coefficient_table(coefficients: torch.Tensor, num_tensors: int, num_tasks: int) -> torch.Tensor:
+    """A [num_tensors, num_tasks] float32 table from a layer-wise table or a task-wise [num_tasks] vector."""
+    c = torch.as_tensor(coefficients).detach().to("cpu", torch.float32)
+    if c.shape == (num_tasks,):
+        return c.expand(num_tensors, num_tasks)
+    if c.shape != (num_tensors, num_tasks):
+        raise ValueError(f"coefficients have shape {tuple(c.shape)}; expected [{num_tensors}, {num_tasks}] "
+                         f"(one row per floating-point pretrained tensor, one column per task) or [{num_tasks}]")
+    return c
+
+
+def layer_wise_merge(pretrained: StateDict, task_vectors: Sequence[StateDict], coefficients: torch.Tensor,
+                     clamp: bool = True) -> StateDict:
+    """θ^l = θ₀^l + Σ_k clamp(λ_k^l, 0, 1)·τ_k^l for every floating-point tensor l of θ₀; other keys keep θ₀.
+
+    `coefficients` is [num_tensors, num_tasks] with rows in the order of `vector_keys(pretrained)` (state-dict order),
+    or a task-wise [num_tasks] vector (one λ_k for every tensor). The clamp is the one the reference applies when it builds its final model;
+    clamping already-clamped coefficients changes nothing. `clamp=False` applies them as given.
+    """
+    names = vector_keys(pretrained)
+    _check_vectors(names, task_vectors)
+    table = _coefficient_table(coefficients, len(names), len(task_vectors))
+    if clamp:
+        table = table.clamp(0.0, 1.0)
+    rows = dict(zip(names, table))
+    return {k: _merge(p, [tv[k] for tv in task_vectors], rows[k]) if k in rows else p
+            for k, p in pretrained.items()}
+
+
+class AdaMerging:
+    """Learns AdaMerging coefficients λ (layer-wise [num_tensors, K] or task-wise [K]) for K frozen heads.
+
+    `encoder` is one `src.modeling.ImageEncoder` of the right architecture on the device the adaptation should run on
+    (CPU or GPU); it is loaded with θ₀, frozen, and serves as the template of `functional_call`, so θ₀ is held once,
+    as the encoder's own weights. The vision task vectors are kept on that device, in `vector_dtype` when given
+    (e.g. torch.bfloat16 on a GPU, halving their memory; the merge still computes in θ₀'s dtype); on the CPU in
+    float32 they are used in place, not copied. `heads[k]` maps task k's features to logits; heads that are
+    `nn.Module`s are frozen and moved to the encoder's device.
+    """
+
+    def __init__(self, encoder: nn.Module, pretrained: StateDict, task_vectors: Sequence[StateDict],
+                 heads: Sequence[Callable[[torch.Tensor], torch.Tensor]], granularity: str = "layer",
+                 init: float = 0.3, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), clamp: bool = True,
+                 vector_dtype: torch.dtype | None = None):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got '{granularity}'")
+        if len(heads) != len(task_vectors):
+            raise ValueError(f"{len(task_vectors)} task vectors but {len(heads)} heads: give one head per task")
+        self.tensor_names = vector_keys(pretrained)
+        _check_vectors(self.tensor_names, task_vectors)
+        self.granularity, self.clamp, self.num_tasks = granularity, clamp, len(task_vectors)
+        self.encoder = encoder.requires_grad_(False)
+        self.encoder.load_state_dict(pretrained)
+        own = self.encoder.state_dict()
+        self.device = own[self.tensor_names[0]].device
+        self._vision = [(row, k) for row, k in enumerate(self.tensor_names) if k.startswith(VISION_PREFIX)]
+        if not self._vision:
+            raise ValueError(f"no '{VISION_PREFIX}*' tensor in the pretrained state dict: AdaMerging needs an "
+                             "open_clip ImageEncoder state dict")
+        self._base = {k: own[k] for _, k in self._vision}
+        self._vectors = {k: [tv[k].to(self.device, vector_dtype or own[k].dtype) for tv in task_vectors]
+                         for _, k in self._vision}
+        self.heads = [h.requires_grad_(False).to(self.device) if isinstance(h, nn.Module) else h for h in heads]
+        shape = (len(self.tensor_names), self.num_tasks) if granularity == "layer" else (self.num_tasks,)
+        self.raw = torch.full(shape, float(init), device=self.device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.raw], lr=lr, betas=betas)
+
+    def _lambdas(self) -> torch.Tensor:
+        return self.raw.clamp(0.0, 1.0) if self.clamp else self.raw
+
+    def coefficients(self) -> torch.Tensor:
+        """The coefficients the merge applies (clamped to [0, 1] unless clamp=False), detached, on the CPU."""
+        return self._lambdas().detach().cpu()
+
+    def merged_params(self) -> dict[str, torch.Tensor]:
+        """The merged `model.visual.*` tensors on the encoder's device, differentiable in λ."""
+        lam = self._lambdas()
+        return {k: _merge(self._base[k], self._vectors[k], lam[row] if self.granularity == "layer" else lam)
+                for row, k in self._vision}
+
+    def logits(self, images: torch.Tensor, task: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Task `task`'s head on the merged encoder's features (`params` from `merged_params`, computed if None)."""
+        params = self.merged_params() if params is None else params
+        return self.heads[task](functional_call(self.encoder, params, (images.to(self.device),)))
+
+    def step(self, batches_per_task: Sequence[Sequence[torch.Tensor]]) -> float:
+        """One Adam step on Σ_k Σ_b entropy_loss(batch b of task k); returns that summed loss.
+
+        `batches_per_task[k]` lists task k's image batches for this step, in task order (2 batches of 16 in the
+        reference).
+        """
+        if len(batches_per_task) != self.num_tasks or not all(len(b) for b in batches_per_task):
+            raise ValueError(f"step needs a non-empty list of image batches for each of the {self.num_tasks} tasks, "
+                             f"got {[len(b) for b in batches_per_task]} batches per task")
+        merged = self.merged_params()
+        # Leaves cut the graph at the merged tensors: each batch's backward frees its activations at once.
+        leaves = {k: v.detach().requires_grad_() for k, v in merged.items()}
+        total = torch.zeros((), device=self.device)
+        for task, batches in enumerate(batches_per_task):
+            for images in batches:
+                loss = entropy_loss(self.logits(images, task, leaves))
+                loss.backward()
+                total = total + loss.detach()
+        used = [k for k in merged if leaves[k].grad is not None]
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward([merged[k] for k in used], [leaves[k].grad for k in used])
+        self.optimizer.step()
+        return float(total)
+
+    def save_coefficients(self, path_pt: str | Path, path_csv: str | Path, task_names: Sequence[str]) -> None:
+        save_coefficients(self.coefficients(), path_pt, path_csv, self.tensor_names, task_names)
+
+
+def save_coefficients(coefficients: torch.Tensor, path_pt: str | Path, path_csv: str | Path,
+                      tensor_names: Sequence[str], task_names: Sequence[str]) -> None:
+    """Write the coefficients as a .pt (tensor + names) and a CSV table tensor-name × task, each atomically."""
+    c = torch.as_tensor(coefficients).detach().cpu()
+    rows = [TASK_WISE_ROW] if c.dim() == 1 else list(tensor_names)
+    table = c.reshape(len(rows), -1)
+    if table.shape != (len(rows), len(task_names)):
+        raise ValueError(f"coefficients of shape {tuple(c.shape)} do not match {len(tensor_names)} tensor names "
+                         f"and {len(task_names)} task names")
+    with atomic_write(path_pt) as tmp:
+        torch.save({"coefficients": c.clone(), "tensor_names": list(tensor_names), "task_names": list(task_names)},
+                   tmp)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["tensor", *task_names])
+    # repr of a float32 widened to float64 reads back to the same float32.
+    writer.writerows([name, *(repr(v) for v in values)] for name, values in zip(rows, table.tolist()))
+    write_text(path_csv, out.getvalue())
+
+
+def load_coefficients(path_pt: str | Path, tensor_names: Sequence[str] | None = None,
+                      task_names: Sequence[str] | None = None) -> torch.Tensor:
+    """Coefficients saved by `save_coefficients`, checked against the expected tensor and task names when given."""
+    try:
+        saved = torch.load(path_pt, map_location="cpu", weights_only=True)
+        c, saved_tensors, saved_tasks = saved["coefficients"], saved["tensor_names"], saved["task_names"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path_pt}: not an AdaMerging coefficient file written by save_coefficients ({e})") from e
+    if tensor_names is not None and c.dim() == 2 and list(tensor_names) != list(saved_tensors):
+        expected, found = next(pair for pair in zip_longest(tensor_names, saved_tensors) if pair[0] != pair[1])
+        raise ValueError(f"{path_pt}: coefficients were learned for other tensors (expected '{expected}', file has "
+                         f"'{found}'); use coefficients learned on this backbone")
+    if task_names is not None and list(task_names) != list(saved_tasks):
+        raise ValueError(f"{path_pt}: coefficients were learned for tasks {list(saved_tasks)}, not "
+                         f"{list(task_names)}; pass the same tasks in the same order")
+    return c

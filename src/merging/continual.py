@@ -1,0 +1,58 @@
+"""Continual merging baselines of the OPCM paper (algorithms.md §5.5), with OPCM's `.add` / `.state_dict` interface.
+
+Models arrive one at a time; θ₀ is the pretrained model, τ_t = θ_t − θ₀. Integer keys keep θ₀'s value.
+
+- `ContinualTaskArithmetic`: θ̄_0 = θ₀, θ̄_t = θ̄_{t−1} + λ·τ_t, accumulated into the merge as the reference does, so
+  after t models it equals batch Task Arithmetic over them up to float32 rounding. The reference scripts use
+  λ = 0.3 for 8 tasks and 0.1 for 14 and 20 tasks (the config default is 0.3).
+- `ContinualWeightAverage`: θ̄_1 = θ_1, θ̄_t = ((t−1)·θ̄_{t−1} + θ_t)/t, the running simple average.
+"""
+from __future__ import annotations
+
+from src.merging.opcm import check_compatible
+from src.task_vectors import StateDict, has_task_vector
+
+
+class ContinualTaskArithmetic:
+    """θ̄_t = θ̄_{t−1} + λ·τ_t starting from θ₀; `.state_dict()` before any `.add` is θ₀ itself."""
+
+    def __init__(self, pretrained: StateDict, scaling_coef: float = 0.3):
+        self.pretrained = pretrained
+        self.scaling_coef = scaling_coef
+        self.num_models = 0
+        self._merged = dict(pretrained)
+
+    def add(self, finetuned: StateDict) -> None:
+        check_compatible(self.pretrained, finetuned)
+        for key, theta0 in self.pretrained.items():
+            if has_task_vector(theta0):
+                self._merged[key] = self._merged[key] + self.scaling_coef * (finetuned[key] - theta0)
+        self.num_models += 1
+
+    def state_dict(self) -> StateDict:
+        return dict(self._merged)
+
+
+class ContinualWeightAverage:
+    """θ̄_t = ((t−1)·θ̄_{t−1} + θ_t)/t starting from θ̄_1 = θ_1; θ₀ only supplies the keys and integer values."""
+
+    def __init__(self, pretrained: StateDict):
+        self.pretrained = pretrained
+        self.num_models = 0
+        self._merged: StateDict | None = None
+
+    def add(self, finetuned: StateDict) -> None:
+        check_compatible(self.pretrained, finetuned)
+        t = self.num_models
+        if self._merged is None:
+            self._merged = {k: finetuned[k].clone() if has_task_vector(p) else p for k, p in self.pretrained.items()}
+        else:
+            for key, theta0 in self.pretrained.items():
+                if has_task_vector(theta0):
+                    self._merged[key] = (self._merged[key] * t + finetuned[key]) / (t + 1)
+        self.num_models = t + 1
+
+    def state_dict(self) -> StateDict:
+        if self._merged is None:
+            raise RuntimeError("ContinualWeightAverage.state_dict() before any model was added: call .add first")
+        return dict(self._merged)

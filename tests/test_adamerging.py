@@ -1,0 +1,285 @@
+import copy
+import csv
+import math
+
+import pytest
+import torch
+
+from src.merging import AdaMerging, layer_wise_merge, task_arithmetic
+from src.merging.adamerging import entropy_loss, load_coefficients, seeded_batches, softmax_entropy
+from src.modeling import ClassificationHead, ImageEncoder
+from src.task_vectors import task_vector, vector_keys
+
+K = 3
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """A random demo encoder, K fine-tuned models, zero-shot-like heads (×100, normalised) and test images."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder("demo")
+    g = torch.Generator().manual_seed(1)
+    pre = {k: v.clone() for k, v in encoder.state_dict().items()}
+    # Text-side leftovers get non-zero deltas too: their coefficients must stay untouched even so.
+    fts = [{k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in pre.items()} for _ in range(K)]
+    tvs = [task_vector(pre, ft) for ft in fts]
+    heads = []
+    for _ in range(K):
+        w = torch.randn(5, 64, generator=g)
+        heads.append(ClassificationHead(True, 100 * w / w.norm(dim=1, keepdim=True)))
+    images = torch.randn(N_IMAGES, 3, 32, 32, generator=g)
+    return dict(encoder=encoder, pre=pre, fts=fts, tvs=tvs, heads=heads, images=images)
+
+
+def _trainer(demo, **kw):
+    return AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], copy.deepcopy(demo["heads"]), **kw)
+
+
+def _batches(demo, generator, num_batches=2, batch_size=16):
+    return [[demo["images"][idx] for idx in seeded_batches(N_IMAGES, batch_size, num_batches, generator)]
+            for _ in range(K)]
+
+
+def _vision_rows(names):
+    return [i for i, k in enumerate(names) if k.startswith("model.visual.")]
+
+
+# ---------- the merge ----------
+
+def test_merge_by_hand_with_clamp_and_integer_keys():
+    pre = {"w": torch.tensor([1.0, 2.0]), "ids": torch.arange(3)}
+    tvs = [{"w": torch.tensor([2.0, 2.0])}, {"w": torch.tensor([1.0, 0.0])}]
+    coefficients = torch.tensor([[0.5, -1.0]])
+    assert layer_wise_merge(pre, tvs, coefficients)["w"].tolist() == [2.0, 3.0]  # λ_2 = −1 clamped to 0
+    assert layer_wise_merge(pre, tvs, coefficients, clamp=False)["w"].tolist() == [1.0, 3.0]
+    assert layer_wise_merge(pre, tvs, torch.tensor([1.5, 0.5]))["w"].tolist() == [3.5, 4.0]  # task-wise: 1.5 → 1
+    assert torch.equal(layer_wise_merge(pre, tvs, coefficients)["ids"], pre["ids"])
+
+
+def test_all_coefficients_03_is_task_arithmetic(demo):
+    pre, tvs = demo["pre"], demo["tvs"]
+    merged = layer_wise_merge(pre, tvs, torch.full((len(vector_keys(pre)), K), 0.3))
+    ta = task_arithmetic(pre, demo["fts"], scaling_coef=0.3)
+    lam = torch.tensor(0.3)
+    for k in pre:
+        # The reference's own expression: Python sum over (θ₀·1, τ_1·λ_1, …) — bit for bit.
+        assert torch.equal(merged[k], sum((pre[k] * torch.tensor(1.0), *(tv[k] * lam for tv in tvs))))
+        # Task Arithmetic sums the τ before scaling, so the two agree to float32 rounding only.
+        torch.testing.assert_close(merged[k], ta[k], rtol=1e-6, atol=1e-7)
+
+
+def test_task_wise_vector_equals_repeated_rows(demo):
+    pre, tvs = demo["pre"], demo["tvs"]
+    lam = torch.tensor([0.1, 0.7, 0.4])
+    a = layer_wise_merge(pre, tvs, lam)
+    b = layer_wise_merge(pre, tvs, lam.repeat(len(vector_keys(pre)), 1))
+    assert all(torch.equal(a[k], b[k]) for k in pre)
+
+
+def test_merge_rejects_bad_shapes_and_missing_keys(demo):
+    pre, tvs = demo["pre"], demo["tvs"]
+    with pytest.raises(ValueError, match=rf"\[{len(vector_keys(pre))}, {K}\]"):
+        layer_wise_merge(pre, tvs, torch.zeros(5, K))
+    broken = dict(tvs[1])
+    del broken["model.visual.proj"]
+    with pytest.raises(ValueError, match="task vector 1 .*'model.visual.proj'"):
+        layer_wise_merge(pre, [tvs[0], broken], torch.zeros(2))
+
+
+# ---------- the objective ----------
+
+def test_entropy_by_hand():
+    # Row 2: p = (3/4, 1/4, 0); the third logit is finite so that p·log p is 0·(−1e4) = 0, not 0·(−inf) = nan.
+    logits = torch.tensor([[0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e4]])
+    h_uniform = math.log(3.0)
+    h_skewed = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert softmax_entropy(logits).tolist() == pytest.approx([h_uniform, h_skewed], abs=1e-6)
+    assert entropy_loss(logits).item() == pytest.approx((h_uniform + h_skewed) / 2, abs=1e-6)
+
+
+def _naive_loss(demo, coefficients_raw, batches):
+    """Reference-style objective: per batch, a fresh module with the merged tensors set as plain attributes
+    (the reference's make_functional/load_weights), the entropy written out as −Σ p·log p, one summed loss."""
+    lam = coefficients_raw.clamp(0, 1)
+    names = vector_keys(demo["pre"])
+    total = 0.0
+    for task, task_batches in enumerate(batches):
+        for images in task_batches:
+            model = copy.deepcopy(demo["encoder"])
+            for row, name in enumerate(names):
+                *path, leaf = name.split(".")
+                owner = model
+                for part in path:
+                    owner = getattr(owner, part)
+                delattr(owner, leaf)
+                row_lam = lam[row] if lam.dim() == 2 else lam
+                setattr(owner, leaf, sum((demo["pre"][name] * 1.0,
+                                          *(row_lam[k] * demo["tvs"][k][name] for k in range(K)))))
+            logits = demo["heads"][task](model(images))
+            p = torch.exp(logits - logits.logsumexp(1, keepdim=True))
+            total = total + (-(p * torch.log(p)).sum(1)).mean()
+    return total
+
+
+@pytest.mark.parametrize("granularity", ["layer", "task"])
+def test_step_loss_and_gradient_match_naive_single_backward(demo, granularity):
+    ada = _trainer(demo, granularity=granularity)
+    with torch.no_grad():  # some coefficients start away from 0.3 so the comparison is not at a symmetric point
+        ada.raw.add_(torch.rand(ada.raw.shape, generator=torch.Generator().manual_seed(3)) * 0.2)
+    raw = ada.raw.detach().clone().requires_grad_()
+    batches = _batches(demo, torch.Generator().manual_seed(0))
+    loss = ada.step(batches)
+    naive = _naive_loss(demo, raw, batches)
+    naive.backward()
+    assert loss == pytest.approx(naive.item(), rel=1e-5)
+    torch.testing.assert_close(ada.raw.grad, raw.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_reaches_every_vision_coefficient_and_no_clamped_or_text_one(demo):
+    ada = _trainer(demo)
+    vision = _vision_rows(ada.tensor_names)
+    low, high = (vision[0], 1), (vision[-1], 2)
+    with torch.no_grad():
+        ada.raw[low] = -0.5
+        ada.raw[high] = 1.5
+    ada.step(_batches(demo, torch.Generator().manual_seed(0)))
+    grad = ada.raw.grad
+    trainable = torch.zeros_like(grad, dtype=torch.bool)
+    trainable[vision] = True
+    trainable[low] = trainable[high] = False
+    assert (grad[trainable] != 0).all(), "a trainable vision coefficient got no gradient"
+    assert grad[low] == 0 and grad[high] == 0
+    text = [i for i in range(len(ada.tensor_names)) if i not in vision]
+    assert [ada.tensor_names[i] for i in text] == [
+        "model.positional_embedding", "model.text_projection", "model.logit_scale",
+        "model.token_embedding.weight", "model.ln_final.weight", "model.ln_final.bias"]
+    assert (grad[text] == 0).all()
+
+
+def test_first_step_is_adam_lr_1e3(demo):
+    ada = _trainer(demo)
+    ada.step(_batches(demo, torch.Generator().manual_seed(0)))
+    g = ada.raw.grad
+    # Adam's first update is lr·m̂/(√v̂+ε) = lr·g/(|g|+ε) after bias correction; text rows (g = 0) stay at 0.3.
+    torch.testing.assert_close(ada.raw.detach(), torch.full_like(g, 0.3) - 1e-3 * g / (g.abs() + 1e-8),
+                               rtol=0, atol=1e-7)
+    assert (ada.coefficients()[g == 0] == torch.tensor(0.3)).all()
+
+
+def test_two_batches_per_task_are_used(demo):
+    calls = []
+
+    def counting(task, head):
+        def forward(features):
+            calls.append((task, features.shape[0]))
+            return head(features)
+        return forward
+
+    ada = AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"],
+                     [counting(k, h) for k, h in enumerate(copy.deepcopy(demo["heads"]))])
+    images = demo["images"]
+    ada.step([[images[:16], images[16:23]] for _ in range(K)])  # batch sizes 16 then 7 tell the two apart
+    assert calls == [(k, n) for k in range(K) for n in (16, 7)]
+    default = seeded_batches(N_IMAGES, generator=torch.Generator().manual_seed(0))
+    assert [len(b) for b in default] == [16, 16] and len(torch.cat(default).unique()) == 32
+
+
+def test_seeded_batches_reproducible_and_short_datasets():
+    a = seeded_batches(100, 16, 2, torch.Generator().manual_seed(5))
+    b = seeded_batches(100, 16, 2, torch.Generator().manual_seed(5))
+    c = seeded_batches(100, 16, 2, torch.Generator().manual_seed(6))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert [len(x) for x in seeded_batches(20, 16, 2, torch.Generator().manual_seed(0))] == [16, 4]
+    with pytest.raises(ValueError, match="dataset_len=0"):
+        seeded_batches(0, 16, 2)
+
+
+def _train(demo, seed, steps=3, **kw):
+    ada = _trainer(demo, **kw)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ada.step(_batches(demo, g, batch_size=8))
+    return ada
+
+
+def test_same_seed_same_coefficients(demo):
+    a, b, c = _train(demo, 7), _train(demo, 7), _train(demo, 8)
+    assert torch.equal(a.coefficients(), b.coefficients())
+    assert not torch.equal(a.coefficients(), c.coefficients())
+
+
+def test_task_wise_trainer(demo):
+    layer, task = _trainer(demo), _trainer(demo, granularity="task")
+    batches = _batches(demo, torch.Generator().manual_seed(0))
+    layer.step(batches)
+    task.step(batches)
+    assert task.coefficients().shape == (K,)
+    assert (task.raw.grad != 0).all()
+    # With every tensor sharing λ_k, ∂L/∂λ_k is the sum over tensors of the layer-wise gradients at the same point.
+    torch.testing.assert_close(task.raw.grad, layer.raw.grad.sum(0), rtol=1e-4, atol=1e-6)
+    merged = task.merged_params()
+    expected = layer_wise_merge(demo["pre"], demo["tvs"], task.coefficients())
+    assert all(torch.equal(merged[k].detach(), expected[k]) for k in merged)
+
+
+def test_merged_params_are_the_final_merge(demo):
+    ada = _train(demo, 0, steps=2)
+    merged = ada.merged_params()
+    expected = layer_wise_merge(demo["pre"], demo["tvs"], ada.coefficients())
+    assert set(merged) == {k for k in demo["pre"] if k.startswith("model.visual.")}
+    assert all(torch.equal(merged[k].detach(), expected[k]) for k in merged)
+    assert merged["model.visual.proj"].requires_grad
+
+
+def test_compact_vector_dtype(demo):
+    ada = _trainer(demo, vector_dtype=torch.bfloat16)
+    with torch.no_grad():
+        ada.raw.uniform_(0, 1, generator=torch.Generator().manual_seed(2))
+    rounded = [{k: v.to(torch.bfloat16).float() for k, v in tv.items()} for tv in demo["tvs"]]
+    merged = ada.merged_params()
+    assert merged["model.visual.proj"].dtype == torch.float32
+    expected = layer_wise_merge(demo["pre"], rounded, ada.coefficients())
+    full = layer_wise_merge(demo["pre"], demo["tvs"], ada.coefficients())
+    assert all(torch.equal(merged[k].detach(), expected[k]) for k in merged)
+    assert not torch.equal(merged["model.visual.proj"].detach(), full["model.visual.proj"])
+
+
+def test_save_load_coefficients_same_merge(demo, tmp_path):
+    ada = _train(demo, 0, steps=2)
+    tasks = ["a", "b", "c"]
+    ada.save_coefficients(tmp_path / "c.pt", tmp_path / "c.csv", tasks)
+    loaded = load_coefficients(tmp_path / "c.pt", ada.tensor_names, tasks)
+    assert torch.equal(loaded, ada.coefficients())
+    a = layer_wise_merge(demo["pre"], demo["tvs"], loaded)
+    b = layer_wise_merge(demo["pre"], demo["tvs"], ada.coefficients())
+    assert all(torch.equal(a[k], b[k]) for k in demo["pre"])
+    with open(tmp_path / "c.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["tensor", *tasks]
+    assert [r[0] for r in rows[1:]] == ada.tensor_names
+    assert torch.equal(torch.tensor([[float(x) for x in r[1:]] for r in rows[1:]]), ada.coefficients())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.pt"]  # no temporary file left
+
+
+def test_load_coefficients_checks_names(demo, tmp_path):
+    ada = _trainer(demo)
+    ada.save_coefficients(tmp_path / "c.pt", tmp_path / "c.csv", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="learned for tasks"):
+        load_coefficients(tmp_path / "c.pt", ada.tensor_names, ["a", "c", "b"])
+    with pytest.raises(ValueError, match="expected 'x'"):
+        load_coefficients(tmp_path / "c.pt", ["x"] + ada.tensor_names[1:], ["a", "b", "c"])
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_coefficients(tmp_path / "junk.pt")
+
+
+def test_trainer_rejects_bad_input(demo):
+    with pytest.raises(ValueError, match="granularity"):
+        _trainer(demo, granularity="block")
+    with pytest.raises(ValueError, match="one head per task"):
+        AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], demo["heads"][:2])
+    ada = _trainer(demo)
+    with pytest.raises(ValueError, match=f"each of the {K} tasks"):
+        ada.step([[demo["images"][:4]]] * (K - 1))

@@ -1,0 +1,72 @@
+import pandas as pd
+import pytest
+
+import main_task_arithmetic
+from src import cli
+from src.checkpoints import CheckpointError
+from src.suite import Suite
+
+TWO = "Colors,Scenes"
+
+
+def test_every_hyperparameter_constant_becomes_a_flag():
+    args = cli.parse_args("d", {"SCALING_COEF": 0.3, "VISION_ONLY_K": False, "STEPS": 500}, ["--scaling-coef", "0.5",
+                                                                                          "--vision-only-k"])
+    assert args.hyperparameters == {"SCALING_COEF": 0.5, "VISION_ONLY_K": True, "STEPS": 500}
+
+
+def test_explicit_checkpoint_folder_that_is_missing_files_is_an_error_listing_them(tmp_path):
+    (tmp_path / "ViT-B-32").mkdir()
+    args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--tasks", "MNIST,DTD"])
+    with pytest.raises(CheckpointError) as err:
+        cli.open_suite(args)
+    message = str(err.value)
+    assert "zeroshot.pt" in message and "MNIST/finetuned.pt" in message and "DTD/finetuned.pt" in message
+
+
+def test_without_real_checkpoints_the_demo_runs_with_a_banner(capsys):
+    # The repo's checkpoints/ holds only demo/, so asking for ViT-L-14 without --checkpoints falls back.
+    suite = cli.open_suite(cli.parse_args("d", {}, ["--model", "ViT-L-14", "--tasks", TWO]))
+    assert suite.family == "demo" and suite.tasks == TWO.split(",")
+    assert "DEMO SUITE" in capsys.readouterr().err
+
+
+def test_the_entry_script_writes_tables_and_reuses_reference_rows(tmp_path, monkeypatch):
+    argv = ["--demo", "--tasks", TWO, "--results", str(tmp_path)]
+    main_task_arithmetic.main(argv)
+    out = tmp_path / "demo"
+    assert {p.name for p in out.iterdir()} == {f"{m}.{e}" for m in ("zeroshot", "individual", "task_arithmetic")
+                                               for e in ("csv", "json")}
+    first = pd.read_csv(out / "task_arithmetic.csv")
+    assert first.task.tolist() == ["Colors", "Scenes", "avg"]
+
+    def must_not_run(self):
+        raise AssertionError("reference rows should have been reused")
+    monkeypatch.setattr(Suite, "individual_accuracies", must_not_run)
+    monkeypatch.setattr(Suite, "zeroshot_accuracies", must_not_run)
+    main_task_arithmetic.main(argv + ["--scaling-coef", "0.5"])
+    second = pd.read_csv(out / "task_arithmetic.csv")
+    assert (second.individual_accuracy == first.individual_accuracy).all()
+    assert not (second.accuracy == first.accuracy).all()
+
+
+def test_a_failed_run_writes_no_table(tmp_path, monkeypatch):
+    def boom(self, weights, desc):
+        raise RuntimeError("evaluation died")
+    monkeypatch.setattr(Suite, "evaluate", boom)
+    with pytest.raises(RuntimeError):
+        main_task_arithmetic.main(["--demo", "--tasks", TWO, "--results", str(tmp_path)])
+    assert not (tmp_path / "demo" / "task_arithmetic.csv").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "individual", "task_arithmetic"])
+def test_committed_demo_results_reproduce(method, tmp_path_factory):
+    fresh_dir = tmp_path_factory.getbasetemp() / "fresh-demo"
+    if not (fresh_dir / "demo" / "task_arithmetic.csv").exists():
+        main_task_arithmetic.main(["--demo", "--results", str(fresh_dir)])
+    committed = pd.read_csv(cli.DEFAULT_RESULTS / "demo" / f"{method}.csv").set_index("task")
+    fresh = pd.read_csv(fresh_dir / "demo" / f"{method}.csv").set_index("task")
+    assert fresh.index.tolist() == committed.index.tolist()
+    # One image in 600 is 0.17 points; allow two to flip on another CPU's floating-point reductions.
+    assert (fresh.accuracy - committed.accuracy).abs().max() <= 0.34
