@@ -149,7 +149,8 @@ def _map_block(block: StateDict, where: str) -> StateDict:
 
 
 def projection(folder: str | os.PathLike) -> torch.Tensor:
-    """open_clip's `visual.proj` (width × embed_dim) = `visual_projection.weight`ᵀ of a pretrained CLIPModel folder."""
+    """open_clip's `visual.proj` (width × embed_dim): `visual_projection.weight`ᵀ of a pretrained CLIPModel
+    folder."""
     _, raw = read_folder(folder)
     if "visual_projection.weight" not in raw:
         raise HFCheckpointError(f"{folder} has no visual_projection.weight: give the pretrained CLIPModel folder "

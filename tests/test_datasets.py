@@ -110,7 +110,8 @@ def test_task_vectors_folder_names_and_cars_annotations_beside(tmp_path, monkeyp
 def test_resisc45_keeps_only_the_listed_test_files(fixture_sizes):
     root, _ = fixture_sizes
     split = get_task("RESISC45", root).split("test", None)
-    assert [p.name for p in split.samples.paths] == ["airplane_002.jpg", "golf_course_002.jpg", "railway_station_002.jpg"]
+    names = [p.name for p in split.samples.paths]
+    assert names == ["airplane_002.jpg", "golf_course_002.jpg", "railway_station_002.jpg"]
 
 
 def test_missing_files_are_listed_with_what_to_do(tmp_path, fixture_sizes):

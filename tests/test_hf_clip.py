@@ -57,12 +57,14 @@ def test_mapping_by_hand_and_key_order(finetuned):
     assert torch.equal(in_proj[128:], hf["encoder.layers.2.self_attn.v_proj.weight"])
     assert torch.equal(mapped["model.visual.transformer.resblocks.2.attn.in_proj_bias"][64:128],
                        hf["encoder.layers.2.self_attn.k_proj.bias"])
-    assert torch.equal(mapped["model.visual.transformer.resblocks.0.mlp.c_proj.weight"], hf["encoder.layers.0.mlp.fc2.weight"])
+    assert torch.equal(mapped["model.visual.transformer.resblocks.0.mlp.c_proj.weight"],
+                       hf["encoder.layers.0.mlp.fc2.weight"])
     assert torch.equal(mapped["model.visual.ln_pre.bias"], hf["pre_layrnorm.bias"])
     assert torch.equal(mapped["model.visual.conv1.weight"], hf["embeddings.patch_embedding.weight"])
     assert torch.equal(mapped["model.visual.positional_embedding"], hf["embeddings.position_embedding.weight"])
     # The vision tower in ImageEncoder.state_dict() order, without proj: what FusionBench merges.
-    expected = [k for k in ImageEncoder("demo").state_dict() if k.startswith("model.visual.") and k != "model.visual.proj"]
+    expected = [k for k in ImageEncoder("demo").state_dict()
+                if k.startswith("model.visual.") and k != "model.visual.proj"]
     assert list(mapped) == expected
 
 

@@ -121,7 +121,8 @@ def test_convert_writes_safetensors_and_sums_and_later_loads_use_them(tmp_path, 
     tasks = ["MNIST", "SVHN"]
     made = fx.task_vectors_tree(tmp_path, tasks)
     base = tmp_path / "demo"
-    pickles = [base / "zeroshot.pt", *(base / t / "finetuned.pt" for t in tasks), *(base / f"head_{t}.pt" for t in tasks)]
+    pickles = [base / "zeroshot.pt", *(base / t / "finetuned.pt" for t in tasks),
+               *(base / f"head_{t}.pt" for t in tasks)]
     before = {p: load_state_dict(p) for p in pickles}
     logged = []
     converted = convert_folder(tmp_path, log=logged.append)

@@ -10,8 +10,8 @@ What is stored is exact, not an approximation: the preprocess is split at its To
 (resize, crop, RGB conversion) yields 8-bit images, stored as uint8 [N, H, W(, 3)]; the steps from ToTensor on
 (scaling by 1/255, normalisation) are applied when an item is read, to the stored array, which gives bit-identical
 tensors to the full preprocess on the original image. Any other preprocess (no ToTensor step, or one that does not
-yield 8-bit L/RGB images before it) is stored as its float32 output instead (4× the disk, equally exact). Disk use with ViT 224-px preprocessing: 150 KB per image (about 13 GB
-for the eight TA8 test sets).
+yield 8-bit L/RGB images before it) is stored as its float32 output instead (4× the disk, equally exact).
+Disk use with ViT 224-px preprocessing: 150 KB per image (about 13 GB for the eight TA8 test sets).
 """
 from __future__ import annotations
 

@@ -99,8 +99,8 @@ def image_folder(root: Path, classname: Callable[[str], str] | None = None,
                          is_valid_file=(lambda p: keep(p) and p.lower().endswith(IMG_EXTENSIONS)) if keep else None,
                          allow_empty=True)
     paths = [Path(p) for p, _ in items]
-    return Samples(labels=np.array([label for _, label in items], dtype=np.int64), source_files=list(paths), paths=paths,
-                   classnames=[classname(c) for c in classes] if classname else list(classes))
+    return Samples(labels=np.array([label for _, label in items], dtype=np.int64), source_files=list(paths),
+                   paths=paths, classnames=[classname(c) for c in classes] if classname else list(classes))
 
 
 def resisc45(root: Path, split: str) -> Samples:
@@ -217,7 +217,8 @@ def flowers102(root: Path, split: str) -> Samples:
     base = root / "flowers-102"
     labels_file, setid = base / "imagelabels.mat", base / "setid.mat"
     require(labels_file, setid, base / "jpg")
-    ids = np.atleast_1d(loadmat(str(setid), squeeze_me=True)[{"test": "tstid", "train": "trnid", "val": "valid"}[split]])
+    key = {"test": "tstid", "train": "trnid", "val": "valid"}[split]
+    ids = np.atleast_1d(loadmat(str(setid), squeeze_me=True)[key])
     all_labels = np.atleast_1d(loadmat(str(labels_file), squeeze_me=True)["labels"]).astype(np.int64) - 1
     paths = [base / "jpg" / f"image_{int(i):05d}.jpg" for i in ids]
     _require_images(paths)

@@ -1,0 +1,50 @@
+"""The real-data path end to end: fabricated task_vectors pickles and dataset trees through `Suite` evaluation."""
+import hashlib
+
+import pytest
+import torch
+
+from src.checkpoints import find_checkpoints
+from src.datasets import get_task
+from src.datasets.tasks import FIXTURE_SIZES_ENV
+from src.suite import Suite
+from tests.fixtures import checkpoints as ckpt_fx
+from tests.fixtures import datasets as data_fx
+
+TASKS = ["SVHN", "EuroSAT", "Cars", "MNIST"]
+
+
+def _accuracy(encoder, head_weights, dataset) -> float:
+    """Independent of the loading path: the in-memory encoder and head the files were written from."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    with torch.no_grad():
+        features = encoder(torch.stack(images))
+    features = features / features.norm(dim=-1, keepdim=True)
+    correct = ((features @ head_weights.T).argmax(dim=1) == torch.tensor(labels)).sum()
+    return 100.0 * int(correct) / len(dataset)
+
+
+def test_suite_reads_pickles_heads_and_data_in_the_real_layouts(tmp_path, monkeypatch):
+    classes = {"SVHN": 10, "EuroSAT": 10, "Cars": 3, "MNIST": 10}
+    made = ckpt_fx.task_vectors_tree(tmp_path / "checkpoints", TASKS, num_classes=classes)
+    data_fx.build_tree(tmp_path / "data", TASKS)
+    monkeypatch.setenv(FIXTURE_SIZES_ENV, str(tmp_path / "data" / "fixture_sizes.json"))
+
+    found = find_checkpoints(tmp_path / "checkpoints", "demo", TASKS)
+    assert found.family == "task_vectors"
+    suite = Suite(found, TASKS, text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
+    individual = suite.individual_accuracies()
+    zeroshot = suite.zeroshot_accuracies()
+
+    preprocess = made["pretrained"].val_preprocess
+    for task in TASKS:
+        test_set = get_task(task, tmp_path / "data").split("test", preprocess)
+        heads = made["heads"][task]
+        assert individual[task] == pytest.approx(_accuracy(made["finetuned"][task], heads, test_set), abs=1e-9)
+        assert zeroshot[task] == pytest.approx(_accuracy(made["pretrained"], heads, test_set), abs=1e-9)
+
+    hashes = suite.checkpoint_hashes()
+    assert len(hashes) == 1 + len(TASKS)
+    for path, digest in hashes.items():
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest
