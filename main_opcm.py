@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                           "num_tasks": step, "task": t, "accuracy": a} for t, a in accuracy.items()]
     steps = pd.DataFrame(rows)
     final = steps[steps.num_tasks == len(suite.tasks)].groupby(["method", "order"]).accuracy.mean()
-    summary = final.groupby("method", sort=False).agg(["mean", "std", "count"]).reset_index().rename(
+    summary = final.groupby("method").agg(["mean", "std", "count"]).reindex(methods).reset_index().rename(
         columns={"mean": "final_avg_accuracy_mean", "std": "final_avg_accuracy_std", "count": "num_orders"})
     summary.insert(1, "num_tasks", len(suite.tasks))
     summary.insert(1, "backbone", suite.model)
