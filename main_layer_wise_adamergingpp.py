@@ -30,7 +30,7 @@ LR = 1e-3
 INIT = 0.3  # initial λ: step 0 is Task Arithmetic (or TIES for ++) with λ = 0.3
 ADAPT_BATCH_SIZE = 16  # unlabeled test images per batch during adaptation
 BATCHES_PER_TASK = 2  # the reference's loop breaks after its second batch
-TIES_K = 20  # percent kept when selecting the ++ task vectors
+TIES_K = 20.0  # percent kept when selecting the ++ task vectors
 EVAL_EVERY = 0  # also evaluate every N steps (0: only at step 0 and at the end)
 VECTOR_DTYPE = ""  # e.g. bfloat16: keep the task vectors in a compact dtype on the device (GPU memory)
 SEED = 0

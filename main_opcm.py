@@ -20,7 +20,7 @@ ALPHA = 0.5  # OPCM's split threshold on the cumulative singular-value share
 ZERO_DIAGONAL = False  # True: FusionBench's later fix; False reproduces the paper-era no-op diagonal removal
 MERGE_CLASS_EMBEDDING = "auto"  # "yes", "no", or "auto": merge it except on HF checkpoints, as the reference
 TA_SCALING_COEF = 0.0  # λ of continual TA and TIES; 0 = the reference's choice: 0.3 for ≤ 8 tasks, 0.1 beyond
-TIES_K = 20  # percent kept by continual TIES
+TIES_K = 20.0  # percent kept by continual TIES
 NUM_ORDERS = 10
 SEED = 0
 

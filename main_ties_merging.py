@@ -8,7 +8,7 @@ tower (the corrected variant). Writes results/<model>/ties_merging.csv (results/
 from src.cli import Run, parse_args
 from src.merging import ties_merging
 
-K = 20  # percent of each task vector kept (0.2 means the same)
+K = 20.0  # percent of each task vector kept (0.2 means the same)
 SCALING_COEF = 0.3  # λ; the AdaMerging logs' TIES row uses 0.3
 MERGE_FUNC = "sum"  # "sum" (disjoint sum, the ViT scripts' default), "mean" or "max"
 VISION_ONLY_K = False  # True: the top-K threshold over model.visual.* only
