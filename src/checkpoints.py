@@ -40,8 +40,6 @@ from src.files import atomic_write, sha256, write_text
 
 StateDict = dict[str, torch.Tensor]
 GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
-FAMILIES = ("task_vectors", hf_clip.FAMILY)
-TASK_VECTORS_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 # Our task names -> FusionBench's (the suffix of tanganke/clip-vit-*_<task>), algorithms.md §6.1.
 FUSIONBENCH_TASKS = {
     "SUN397": "sun397", "Cars": "stanford-cars", "RESISC45": "resisc45", "EuroSAT": "eurosat", "SVHN": "svhn",
@@ -297,9 +295,6 @@ class CheckpointSet:
     pretrained: Path
     finetuned: dict[str, Path]
     heads: dict[str, Path] = field(default_factory=dict)
-
-    def paths(self) -> list[Path]:
-        return [self.pretrained, *self.finetuned.values(), *self.heads.values()]
 
 
 def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str | None = None

@@ -167,10 +167,6 @@ def load(file, **kwargs):
     return Unpickler(file, **kwargs).load()
 
 
-def loads(data: bytes, **kwargs):
-    return load(io.BytesIO(data), **kwargs)
-
-
 def load_data_pickle(file, **kwargs):
     """A pickled data file (dicts, lists, numpy arrays; e.g. CIFAR's batches) under the same restrictions."""
     return NumpyUnpickler(file, **kwargs).load()
