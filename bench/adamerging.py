@@ -13,9 +13,10 @@ Methods, both seeded identically, on the same batches:
   one backward of the summed loss. It is lighter than the reference, which also marks θ₀ and every τ_k
   requires_grad and so computes K + 1 unused parameter gradients.
 
-Every configuration runs in its own process (ViT-B/32 ones under `flock /tmp/heavy.lock`), with one torch thread by
-default (`--threads`); the step time is the median over the timed steps after one warm-up step; peak RSS is the
-process's ru_maxrss (setup included).
+Every measurement runs in its own process (ViT-B/32 ones under `flock /tmp/heavy.lock`), with one torch thread by
+default (`--threads`): a process times its steps after one warm-up step and takes their median; the table gives the
+median over 3 processes per setting for the demo, 1 process (3 timed steps) for ViT-B/32. Peak RSS is the process's
+ru_maxrss (imports and setup included).
 The final coefficients of both methods are compared (max |Δλ|).
 
     python bench/adamerging.py              # writes bench/results/adamerging.csv, prints a markdown table
@@ -52,9 +53,9 @@ NUM_CLASSES = 10
 BATCH_SIZE = 16
 TASK_COUNTS = (2, 4, 8)
 LOCK = "/tmp/heavy.lock"
-# (batches per task, timed steps) per model. ViT-B/32 on 2 CPU cores takes ~15 s per forward+backward of 16 images,
-# so it uses 1 batch per task instead of the reference's 2, and 3 timed steps.
-PLAN = {"demo": (2, 5), "ViT-B-32": (1, 3)}
+# (batches per task, timed steps per process, processes) per model. ViT-B/32 takes seconds per forward+backward of
+# 16 images on one CPU core, so it uses 1 batch per task instead of the reference's 2 and one process per setting.
+PLAN = {"demo": (2, 5, 3), "ViT-B-32": (1, 3, 1)}
 # Reference-style ViT-B/32 with 8 tasks would need ~16 GiB (8 merged model copies and 8 batches of activations
 # held for one backward, plus the task vectors) on a machine shared by five jobs: it is not run.
 SKIP = {("ViT-B-32", 8, "naive")}
@@ -120,7 +121,7 @@ def _setup(model_name: str, num_tasks: int, batches_per_task: int):
 
 def child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
-    batches_per_task, steps = PLAN[model_name]
+    batches_per_task, steps, _ = PLAN[model_name]
     encoder, pretrained, task_vectors, heads, data = _setup(model_name, num_tasks, batches_per_task)
     if method == "functional":
         trainer = AdaMerging(encoder, pretrained, task_vectors, heads)
@@ -133,12 +134,8 @@ def child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, 
         times.append(time.perf_counter() - start)
     torch.save(trainer.coefficients(), coefficients_out)
     vector_bytes = sum(v.numel() * v.element_size() for tv in task_vectors for v in tv.values())
-    return {"model": model_name, "tasks": num_tasks, "method": method, "batches_per_task": batches_per_task,
-            "batch_size": BATCH_SIZE, "timed_steps": steps, "step_s_median": round(statistics.median(times[1:]), 3),
-            "step_s_all": ";".join(f"{t:.3f}" for t in times[1:]),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "task_vectors_mib": round(vector_bytes / 2**20, 1), "final_loss": losses[-1],
-            "torch_threads": torch.get_num_threads()}
+    return {"step_s": statistics.median(times[1:]), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "task_vectors_mib": vector_bytes / 2**20, "final_loss": losses[-1]}
 
 
 def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, threads: int) -> dict:
@@ -147,14 +144,39 @@ def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Pa
         cmd = ["flock", LOCK, *cmd]
     load = os.getloadavg()[0]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    row = json.loads(out.strip().splitlines()[-1])
-    row["loadavg_1m_before"] = round(load, 2)
-    return row
+    return {**json.loads(out.strip().splitlines()[-1]), "loadavg": load}
 
 
-COLUMNS = ["model", "tasks", "method", "batches_per_task", "batch_size", "timed_steps", "step_s_median", "step_s_all",
-           "peak_rss_mib", "task_vectors_mib", "peak_minus_vectors_mib", "max_abs_coef_diff_vs_naive", "final_loss",
-           "torch_threads", "loadavg_1m_before"]
+COLUMNS = ["model", "tasks", "method", "batches_per_task", "batch_size", "timed_steps", "processes", "step_s_median",
+           "step_s_per_process", "peak_rss_mib", "task_vectors_mib", "peak_minus_vectors_mib",
+           "max_abs_coef_diff_vs_naive", "final_loss", "torch_threads", "loadavg_1m_max"]
+
+
+def measure(model_name: str, num_tasks: int, threads: int, tmp: Path) -> list[dict]:
+    """Both methods for one setting; their processes alternate so that both see the same machine load."""
+    batches_per_task, steps, processes = PLAN[model_name]
+    methods = [m for m in ("functional", "naive") if (model_name, num_tasks, m) not in SKIP]
+    runs = {m: [] for m in methods}
+    for _ in range(processes):
+        for method in methods:
+            runs[method].append(run_child(model_name, num_tasks, method, tmp / f"{method}.pt", threads))
+    coefs = {m: torch.load(tmp / f"{m}.pt", weights_only=True) for m in methods}
+    diff = f"{(coefs['functional'] - coefs['naive']).abs().max().item():.2e}" if len(coefs) == 2 else ""
+    rows = []
+    for method, results in runs.items():
+        peak = statistics.median(r["peak_rss_mib"] for r in results)
+        vectors = results[0]["task_vectors_mib"]
+        rows.append({"model": model_name, "tasks": num_tasks, "method": method, "batches_per_task": batches_per_task,
+                     "batch_size": BATCH_SIZE, "timed_steps": steps, "processes": processes,
+                     "step_s_median": round(statistics.median(r["step_s"] for r in results), 3),
+                     "step_s_per_process": ";".join(f"{r['step_s']:.3f}" for r in results),
+                     "peak_rss_mib": round(peak, 1), "task_vectors_mib": round(vectors, 1),
+                     "peak_minus_vectors_mib": round(peak - vectors, 1), "max_abs_coef_diff_vs_naive": diff,
+                     "final_loss": results[0]["final_loss"], "torch_threads": threads,
+                     "loadavg_1m_max": round(max(r["loadavg"] for r in results), 2)})
+        print(f"{model_name} K={num_tasks} {method}: {rows[-1]['step_s_median']} s/step, {rows[-1]['peak_rss_mib']} "
+              "MiB peak", file=sys.stderr, flush=True)
+    return rows
 
 
 def main(models: list[str], out_csv: Path, threads: int) -> None:
@@ -162,21 +184,7 @@ def main(models: list[str], out_csv: Path, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in models:
             for num_tasks in TASK_COUNTS:
-                coefs = {}
-                for method in ("functional", "naive"):
-                    if (model_name, num_tasks, method) in SKIP:
-                        continue
-                    path = Path(tmp) / f"{model_name}_{num_tasks}_{method}.pt"
-                    row = run_child(model_name, num_tasks, method, path, threads)
-                    row["peak_minus_vectors_mib"] = round(row["peak_rss_mib"] - row["task_vectors_mib"], 1)
-                    coefs[method] = torch.load(path, weights_only=True)
-                    rows.append(row)
-                    print(f"{model_name} K={num_tasks} {method}: {row['step_s_median']} s/step, "
-                          f"{row['peak_rss_mib']} MiB peak", file=sys.stderr, flush=True)
-                if len(coefs) == 2:
-                    diff = (coefs["functional"] - coefs["naive"]).abs().max().item()
-                    for row in rows[-2:]:
-                        row["max_abs_coef_diff_vs_naive"] = f"{diff:.2e}"
+                rows += measure(model_name, num_tasks, threads, Path(tmp))
     text = io.StringIO()
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -148,12 +148,17 @@ class Run:
         print(f"results: {path}")
         return path
 
+    def write_table(self, name: str, table, hyperparameters: dict | None = None, **extra) -> Path:
+        """`<out>/<name>.csv` and its provenance sidecar, for tables other than the per-task accuracy table."""
+        path = self.out / f"{name}.csv"
+        write_results(path, table, provenance(
+            hyperparameters=self.args.hyperparameters if hyperparameters is None else hyperparameters,
+            checkpoints=self.suite.checkpoint_hashes(), seed=extra.pop("seed", None), started=self.started,
+            device=self.device, tasks=self.suite.tasks, **extra))
+        return path
+
     def _write(self, method: str, accuracy: Mapping[str, float], individual: Mapping[str, float],
                extra: dict, hyperparameters: dict) -> Path:
         paper = paper_numbers(self.backbone, self.suite.family, method)
         table = results_table(method, self.backbone, self.suite.family, accuracy, individual, paper)
-        path = self.out / f"{method}.csv"
-        write_results(path, table, provenance(
-            hyperparameters=hyperparameters, checkpoints=self.suite.checkpoint_hashes(),
-            seed=extra.pop("seed", None), started=self.started, device=self.device, tasks=self.suite.tasks, **extra))
-        return path
+        return self.write_table(method, table, hyperparameters, **extra)

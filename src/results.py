@@ -140,3 +140,32 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def summary(folder: str | Path) -> pd.DataFrame:
+    """Every per-task accuracy table in `folder` side by side: one column per method, one row per task plus avg,
+    zero-shot and individual first (the layout of the papers' tables)."""
+    tables = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        table = pd.read_csv(path)
+        if {"method", "task", "accuracy"} <= set(table.columns) and "normalized_accuracy" in table.columns:
+            tables[table.method.iloc[0]] = table.set_index("task").accuracy
+    order = [m for m in ("zeroshot", "individual") if m in tables] + \
+        [m for m in tables if m not in ("zeroshot", "individual")]
+    return pd.DataFrame({m: tables[m] for m in order})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="Print the results tables of one folder side by side (markdown).")
+    parser.add_argument("folder", type=Path, nargs="?", default=REPO / "results" / "demo")
+    args = parser.parse_args(argv)
+    table = summary(args.folder)
+    print("| task | " + " | ".join(table.columns) + " |")
+    print("|---|" + "---:|" * len(table.columns))
+    for task, row in table.iterrows():
+        print(f"| {task} | " + " | ".join("" if pd.isna(v) else f"{v:.2f}" for v in row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -86,10 +86,12 @@ class Suite:
         model, _, _ = create_clip(self.model, pretrained=self.text_tower)
         return model
 
-    def evaluate(self, weights: StateDict | Callable[[str], StateDict], desc: str) -> dict[str, float]:
-        """Accuracy per task of one merged state dict, or of `weights(task)` per task (EMR, individual models)."""
+    def evaluate(self, weights: StateDict | Callable[[str], StateDict], desc: str,
+                 tasks: list[str] | None = None) -> dict[str, float]:
+        """Accuracy per task (all of the suite's, or `tasks`) of one merged state dict, or of `weights(task)` per
+        task (EMR, individual models)."""
         out = {}
-        for task in self.tasks:
+        for task in self.tasks if tasks is None else tasks:
             state_dict = weights(task) if callable(weights) else weights
             self.encoder.load_state_dict(state_dict, strict=True)
             out[task] = evaluate(self.encoder, self.head(task), self.test_set(task), batch_size=self.batch_size,

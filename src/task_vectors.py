@@ -22,6 +22,28 @@ def vector_keys(pretrained: StateDict) -> list[str]:
     return [k for k, v in pretrained.items() if has_task_vector(v)]
 
 
+def check_finetuned(pretrained: StateDict, finetuned: Sequence[StateDict], method: str) -> list[str]:
+    """`vector_keys(pretrained)`, after checking that every fine-tuned state dict has each of them with the
+    pretrained shape and dtype; the error names the model, the key and what was found."""
+    if not finetuned:
+        raise ValueError(f"{method} needs at least one fine-tuned state dict")
+    keys = vector_keys(pretrained)
+    for i, ft in enumerate(finetuned):
+        for key in keys:
+            expected = pretrained[key]
+            if key not in ft or ft[key].shape != expected.shape or ft[key].dtype != expected.dtype:
+                found = "missing" if key not in ft else f"{ft[key].dtype} {tuple(ft[key].shape)}"
+                raise ValueError(f"{method}: fine-tuned state dict {i}: key '{key}' is {found}, expected "
+                                 f"{expected.dtype} {tuple(expected.shape)} as in the pretrained one")
+    return keys
+
+
+def changed_keys(pretrained: StateDict, finetuned: Sequence[StateDict], keys: Iterable[str]) -> set[str]:
+    """The keys some fine-tuned model changed; on the others τ_k = 0 for every task (on task_vectors checkpoints:
+    the text-side leftovers), so methods can skip their arithmetic."""
+    return {key for key in keys if any(not torch.equal(ft[key], pretrained[key]) for ft in finetuned)}
+
+
 def task_vector(pretrained: StateDict, finetuned: StateDict) -> StateDict:
     """τ = θ_ft − θ₀ for every floating-point key of θ₀."""
     return {k: finetuned[k] - pretrained[k] for k in vector_keys(pretrained)}

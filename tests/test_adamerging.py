@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from src.merging import AdaMerging, layer_wise_merge, task_arithmetic
+from src.merging import AdaMerging, layer_wise_merge, task_arithmetic, ties_merging, ties_selected_vectors
 from src.merging.adamerging import entropy_loss, load_coefficients, seeded_batches, softmax_entropy
 from src.modeling import ClassificationHead, ImageEncoder
 from src.task_vectors import task_vector, vector_keys
@@ -263,6 +263,16 @@ def test_save_load_coefficients_same_merge(demo, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.pt"]  # no temporary file left
 
 
+def test_save_load_task_wise_coefficients(demo, tmp_path):
+    ada = _trainer(demo, granularity="task")
+    with torch.no_grad():
+        ada.raw.copy_(torch.tensor([0.25, 1.5, -0.1]))
+    ada.save_coefficients(tmp_path / "t.pt", tmp_path / "t.csv", ["a", "b", "c"])
+    assert (tmp_path / "t.csv").read_text() == "tensor,a,b,c\n*,0.25,1.0,0.0\n"  # clamped, one row for all tensors
+    loaded = load_coefficients(tmp_path / "t.pt", ada.tensor_names, ["a", "b", "c"])
+    assert loaded.tolist() == [0.25, 1.0, 0.0]
+
+
 def test_load_coefficients_checks_names(demo, tmp_path):
     ada = _trainer(demo)
     ada.save_coefficients(tmp_path / "c.pt", tmp_path / "c.csv", ["a", "b", "c"])
@@ -283,3 +293,22 @@ def test_trainer_rejects_bad_input(demo):
     ada = _trainer(demo)
     with pytest.raises(ValueError, match=f"each of the {K} tasks"):
         ada.step([[demo["images"][:4]]] * (K - 1))
+
+
+# ---------- AdaMerging++: TIES-selected task vectors ----------
+
+def test_plus_plus_at_init_is_ties_dis_sum(demo):
+    pre = demo["pre"]
+    selected = ties_selected_vectors(pre, demo["fts"], k=20)
+    d = sum(pre[k].numel() for k in vector_keys(pre))
+    nonzero = sum(int((tv[k] != 0).sum()) for tv in selected for k in tv) / (K * d)
+    assert 0.1 < nonzero < 0.2  # trimmed to 20 % and sign-filtered: really sparse, so ++ differs from plain
+    merged = layer_wise_merge(pre, selected, torch.full((len(vector_keys(pre)), K), 0.3))
+    ties = ties_merging(pre, demo["fts"], k=20, scaling_coef=0.3, merge_func="dis-sum")
+    for key in pre:
+        # TIES sums the selected entries before scaling by λ, AdaMerging++ scales each: equal to float32 rounding.
+        torch.testing.assert_close(merged[key], ties[key], rtol=1e-6, atol=1e-7)
+    plain = _trainer(demo).merged_params()
+    plus_plus = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"])).merged_params()
+    assert all(torch.equal(plus_plus[k].detach(), merged[k]) for k in plus_plus)
+    assert not torch.equal(plus_plus["model.visual.proj"], plain["model.visual.proj"])

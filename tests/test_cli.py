@@ -1,7 +1,9 @@
 import pandas as pd
 import pytest
 
+import main_emr_merging
 import main_task_arithmetic
+import main_ties_merging
 from src import cli
 from src.checkpoints import CheckpointError
 from src.suite import Suite
@@ -60,11 +62,16 @@ def test_a_failed_run_writes_no_table(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("method", ["zeroshot", "individual", "task_arithmetic"])
+SCRIPTS = {"task_arithmetic": main_task_arithmetic, "ties_merging": main_ties_merging,
+           "emr_merging": main_emr_merging}
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "individual", "task_arithmetic", "ties_merging", "emr_merging"])
 def test_committed_demo_results_reproduce(method, tmp_path_factory):
     fresh_dir = tmp_path_factory.getbasetemp() / "fresh-demo"
-    if not (fresh_dir / "demo" / "task_arithmetic.csv").exists():
-        main_task_arithmetic.main(["--demo", "--results", str(fresh_dir)])
+    script = SCRIPTS.get(method, main_task_arithmetic)
+    if not (fresh_dir / "demo" / f"{method}.csv").exists():
+        script.main(["--demo", "--results", str(fresh_dir)])
     committed = pd.read_csv(cli.DEFAULT_RESULTS / "demo" / f"{method}.csv").set_index("task")
     fresh = pd.read_csv(fresh_dir / "demo" / f"{method}.csv").set_index("task")
     assert fresh.index.tolist() == committed.index.tolist()

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from src.merging import ContinualTaskArithmetic, ContinualWeightAverage, task_arithmetic
+from src.merging import ContinualTaskArithmetic, ContinualTIES, ContinualWeightAverage, task_arithmetic
 from src.task_orders import order_seeds, shuffled, task_orders
 
 TASKS = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -100,3 +100,41 @@ def test_bad_task_order_arguments():
         task_orders(TASKS, 0, seed=0)
     with pytest.raises(ValueError, match="duplicates"):
         task_orders(["a", "a"], 2, seed=0)
+
+
+def _literal_ties_sum(rows: torch.Tensor, k: float) -> torch.Tensor:
+    """TIES on a [2, d] matrix exactly as the reference writes it: keep |x| >= the kth smallest per row, elect the
+    sign of the column sums (zero -> the sign of the total), sum the entries that agree."""
+    d = rows.shape[1]
+    kth = d - int(d * k / 100)
+    thresholds = rows.abs().kthvalue(kth, dim=1, keepdim=True).values
+    trimmed = rows * (rows.abs() >= thresholds)
+    sign = torch.sign(trimmed.sum(0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
+    return (trimmed * agree).sum(0)
+
+
+def test_continual_ties_adds_ties_of_the_merged_delta_and_the_new_vector():
+    g = torch.Generator().manual_seed(7)
+    pretrained = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(5, generator=g),
+                  "ids": torch.arange(3)}
+    models = [{"w": pretrained["w"] + torch.randn(6, 5, generator=g),
+               "b": pretrained["b"] + torch.randn(5, generator=g), "ids": torch.arange(3)} for _ in range(3)]
+
+    def flat(sd):
+        return torch.cat([(sd["w"] - pretrained["w"]).reshape(-1), sd["b"] - pretrained["b"]])
+
+    merge = ContinualTIES(pretrained, k=20, scaling_coef=0.3)
+    merge.add(models[0])
+    expected = {k: pretrained[k] + 0.3 * (models[0][k] - pretrained[k]) for k in ("w", "b")}
+    for key in expected:
+        torch.testing.assert_close(merge.state_dict()[key], expected[key], rtol=0, atol=1e-6)
+    for model in models[1:]:
+        merged_vector = _literal_ties_sum(torch.stack([flat(expected), flat(model)]), 20)
+        expected = {"w": expected["w"] + 0.3 * merged_vector[:30].view(6, 5),
+                    "b": expected["b"] + 0.3 * merged_vector[30:]}
+        merge.add(model)
+        for key in expected:
+            torch.testing.assert_close(merge.state_dict()[key], expected[key], rtol=0, atol=1e-6)
+    assert torch.equal(merge.state_dict()["ids"], torch.arange(3))

@@ -63,3 +63,21 @@ def test_committed_demo_checkpoints_fit_and_load_in_the_real_layout():
         sd = load_state_dict(f)
         assert list(sd) == list(reference)
         assert "model.token_embedding.weight" in sd  # text-side leftovers, as in task_vectors checkpoints
+
+
+def test_build_steps_are_deterministic():
+    from src.demo import build
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = build.pretrain(2, 8, 1e-3, seed=3).state_dict()
+        second = build.pretrain(2, 8, 1e-3, seed=3).state_dict()
+        assert all(torch.equal(first[k], second[k]) for k in first)
+        clip, _, _ = create_clip(DEMO_MODEL)
+        clip.load_state_dict(first)
+        task = demo_tasks.TASKS[0]
+        a = build.finetune(clip, task, 2, 8, 1e-3, seed=4)
+        b = build.finetune(clip, task, 2, 8, 1e-3, seed=4)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not torch.equal(a["model.visual.conv1.weight"], first["visual.conv1.weight"])  # it did train
+    finally:
+        torch.use_deterministic_algorithms(False)

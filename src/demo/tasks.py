@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from src.datasets.registry import TaskData, register
 from src.demo import world
 
-SPLIT_SIZES = {"train": 4000, "test": 600}
+SPLIT_SIZES = {"train": 20000, "test": 600}
 # The per-channel mean and std open_clip normalises with (OpenAI CLIP's), used by `tensors` for fast training.
 _MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -45,9 +45,9 @@ TASKS = [
     DemoTask("Textures", "texture", world.TEXTURES,
              ["a photo of a {} texture.", "a {} pattern.", "a {} object."],
              dict(kinds=(1.0, 0.0, 0.0), sizes=["large"])),
-    DemoTask("Digits", "digit", world.DIGITS,
-             ['a photo of the number: "{}".', "the digit {}.", "a picture of the number {}."],
-             dict(kinds=(0.0, 0.0, 1.0), sizes=["large"])),
+    DemoTask("Sizes", "size", world.SIZES,
+             ["a photo of a {} object.", "a {} shape.", "something {}."],
+             dict(kinds=(0.6, 0.2, 0.2))),
     DemoTask("Counts", "count", world.COUNTS,
              ["a photo of {} objects.", "{} objects.", "a picture of {} objects on a background."],
              dict(objects=(1, 5), kinds=(0.6, 0.2, 0.2))),

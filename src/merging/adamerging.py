@@ -74,7 +74,7 @@ def seeded_batches(dataset_len: int, batch_size: int = 16, num_batches: int = 2,
         raise ValueError(f"seeded_batches needs positive sizes, got dataset_len={dataset_len}, "
                          f"batch_size={batch_size}, num_batches={num_batches}")
     order = torch.randperm(dataset_len, generator=generator)
-    return [b for b in order[:batch_size * num_batches].split(batch_size)]
+    return list(order[:batch_size * num_batches].split(batch_size))
 
 
 def _merge(base: torch.Tensor, vectors: Sequence[torch.Tensor], lambdas: torch.Tensor) -> torch.Tensor:
@@ -115,8 +115,8 @@ def layer_wise_merge(pretrained: StateDict, task_vectors: Sequence[StateDict], c
     """θ^l = θ₀^l + Σ_k clamp(λ_k^l, 0, 1)·τ_k^l for every floating-point tensor l of θ₀; other keys keep θ₀.
 
     `coefficients` is [num_tensors, num_tasks] with rows in the order of `vector_keys(pretrained)` (state-dict order),
-    or a task-wise [num_tasks] vector (one λ_k for every tensor). The clamp is the one the reference applies when it builds its final model;
-    clamping already-clamped coefficients changes nothing. `clamp=False` applies them as given.
+    or a task-wise [num_tasks] vector (one λ_k for every tensor). The clamp is the one the reference applies when it
+    builds its final model; clamping already-clamped coefficients changes nothing. `clamp=False` applies them as given.
     """
     names = vector_keys(pretrained)
     _check_vectors(names, task_vectors)

@@ -5,11 +5,16 @@ Models arrive one at a time; θ₀ is the pretrained model, τ_t = θ_t − θ�
 - `ContinualTaskArithmetic`: θ̄_0 = θ₀, θ̄_t = θ̄_{t−1} + λ·τ_t, accumulated into the merge as the reference does, so
   after t models it equals batch Task Arithmetic over them up to float32 rounding. The reference scripts use
   λ = 0.3 for 8 tasks and 0.1 for 14 and 20 tasks (the config default is 0.3).
+- `ContinualTIES`: θ̄_1 = θ₀ + λ·τ_1 (τ_1 neither trimmed nor sign-elected), then
+  θ̄_t = θ̄_{t−1} + λ·TIES([θ̄_{t−1} − θ₀; τ_t]) with TIES the disjoint sum of the two rows' selected entries (top k %,
+  elected sign). As in the reference, the previous merged delta is both a TIES input and kept in the model: the
+  result is added to the merge, not put in its place (algorithms.md §5.5, §8).
 - `ContinualWeightAverage`: θ̄_1 = θ_1, θ̄_t = ((t−1)·θ̄_{t−1} + θ_t)/t, the running simple average.
 """
 from __future__ import annotations
 
 from src.merging.opcm import check_compatible
+from src.merging.ties import ties_selected_vectors
 from src.task_vectors import StateDict, has_task_vector
 
 
@@ -27,6 +32,31 @@ class ContinualTaskArithmetic:
         for key, theta0 in self.pretrained.items():
             if has_task_vector(theta0):
                 self._merged[key] = self._merged[key] + self.scaling_coef * (finetuned[key] - theta0)
+        self.num_models += 1
+
+    def state_dict(self) -> StateDict:
+        return dict(self._merged)
+
+
+class ContinualTIES:
+    """θ̄_t = θ̄_{t−1} + λ·(s_1 + s_2), (s_1, s_2) the TIES-selected entries of [θ̄_{t−1} − θ₀; τ_t]."""
+
+    def __init__(self, pretrained: StateDict, k: float = 20, scaling_coef: float = 0.3):
+        self.pretrained = pretrained
+        self.k = k
+        self.scaling_coef = scaling_coef
+        self.num_models = 0
+        self._merged = dict(pretrained)
+
+    def add(self, finetuned: StateDict) -> None:
+        check_compatible(self.pretrained, finetuned)
+        if self.num_models == 0:
+            update = {k: finetuned[k] - p for k, p in self.pretrained.items() if has_task_vector(p)}
+        else:
+            previous, new = ties_selected_vectors(self.pretrained, [self._merged, finetuned], k=self.k)
+            update = {k: previous[k] + new[k] for k in previous}
+        for key, value in update.items():
+            self._merged[key] = self._merged[key] + self.scaling_coef * value
         self.num_models += 1
 
     def state_dict(self) -> StateDict:

@@ -1,0 +1,36 @@
+"""EMR-Merging (Huang et al., 2024): elect one unified task vector, keep a 1-bit mask and a rescaler per task, and
+rebuild each task's model θ̂_k = θ₀ + r_k·(M_k ⊙ τ_uni) when that task is evaluated. It needs the task id at
+inference: it is K task-specific models that share one vector, not one merged model.
+
+Also evaluates the unified-vector-only ablation (θ₀ + τ_uni for every task) and saves the merged model
+(bit-packed masks) beside the results, reporting its size on disk. Writes results/<model>/emr_merging.csv and
+emr_merging_unified_only.csv (results/demo/ on the demo suite).
+"""
+from src.cli import Run, parse_args
+from src.merging import emr_merging
+
+GLOBAL_RESCALER = False  # True: r_k from whole-model L1 norms instead of the reference's sum of per-tensor means
+ABLATION = True  # also evaluate the unified vector alone (no masks, no rescalers)
+SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers) to <results>/emr_model.safetensors
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__, {"GLOBAL_RESCALER": GLOBAL_RESCALER, "ABLATION": ABLATION, "SAVE": SAVE}, argv)
+    run = Run(args)
+    tasks = run.suite.tasks
+    model = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), global_rescaler=args.global_rescaler)
+    extra = {}
+    if args.save:
+        path = run.out / "emr_model.safetensors"
+        model.save(path)
+        extra = {"emr_model_file": path.name, "emr_model_bytes": path.stat().st_size}
+    # Each task gets its own model, rebuilt from the stored parts (never by adding and subtracting deltas in place).
+    run.report("emr_merging", run.suite.evaluate(lambda task: model.task_state_dict(tasks.index(task)), "EMR"),
+               **extra)
+    if args.ablation:
+        unified = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), unified_only=True)
+        run.report("emr_merging_unified_only", run.suite.evaluate(unified.task_state_dict(0), "EMR unified only"))
+
+
+if __name__ == "__main__":
+    main()

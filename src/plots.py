@@ -1,0 +1,61 @@
+"""Plots of results, written beside the CSV tables (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from src.files import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def continual_curves(steps: pd.DataFrame, path: Path, title: str) -> None:
+    """Average accuracy over the tasks seen so far vs the number of tasks merged: one line per method (mean over
+    task orders), with a band from the lowest to the highest order."""
+    per_order = steps.groupby(["method", "order", "num_tasks"]).accuracy.mean().reset_index()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rows in per_order.groupby("method", sort=False):
+        stats = rows.groupby("num_tasks").accuracy.agg(["mean", "min", "max"])
+        ax.plot(stats.index, stats["mean"], marker="o", label=method)
+        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+    ax.set_xlabel("number of tasks merged")
+    ax.set_ylabel("average accuracy on the tasks seen so far (%)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def coefficient_heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Learned merging coefficients, tasks × tensors (the AdaMerging paper's figure)."""
+    fig, ax = plt.subplots(figsize=(max(6, len(table) * 0.12), 0.45 * len(table.columns) + 1.5))
+    image = ax.imshow(table.T.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(table.columns)), table.columns)
+    ax.set_xlabel("tensor (state-dict order)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="λ")
+    _save(fig, path)
+
+
+def training_curves(history: pd.DataFrame, path: Path, title: str) -> None:
+    """Entropy loss per step and, where evaluated, average accuracy."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history.step, history.loss, color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("entropy loss", color="tab:blue")
+    evaluated = history.dropna(subset=["avg_accuracy"])
+    if not evaluated.empty:
+        acc = ax.twinx()
+        acc.plot(evaluated.step, evaluated.avg_accuracy, color="tab:orange", marker="o")
+        acc.set_ylabel("average accuracy (%)", color="tab:orange")
+    ax.set_title(title)
+    _save(fig, path)
