@@ -6,8 +6,9 @@ text-side leftovers task_vectors checkpoints carry). `load_state_dict` recognise
 - plain `torch.save(state_dict)` files (zip or legacy format), read with `weights_only=True`, memory-mapped;
 - safetensors files, memory-mapped (key order kept in the metadata);
 - task_vectors checkpoints, i.e. whole pickled `src.modeling.ImageEncoder` / `ClassificationHead` modules
-  (torch 1.12, open_clip 2.0.2): read with the restricted unpickler of `src.unpickler`, which never imports or
-  calls anything the file names; a file that references anything else (`os.system`, ...) is refused unexecuted;
+  (torch 1.12, open_clip 2.0.2; `torch.save` zip or legacy format, or a plain `pickle.dump`): read with the
+  restricted unpickler of `src.unpickler`, which never imports or calls anything the file names; a file that
+  references anything else (`os.system`, ...) is refused unexecuted;
 - Hugging Face `CLIPModel` / `CLIPVisionModel` folders (`src.hf_clip`): the vision tower, in open_clip names.
 
 `python -m src.checkpoints convert DIR` writes a safetensors file beside every pickle under DIR (`finetuned.pt` ->
@@ -39,8 +40,6 @@ from src.files import atomic_write, sha256, write_text
 
 StateDict = dict[str, torch.Tensor]
 GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
-FAMILIES = ("task_vectors", hf_clip.FAMILY)
-TASK_VECTORS_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 # Our task names -> FusionBench's (the suffix of tanganke/clip-vit-*_<task>), algorithms.md §6.1.
 FUSIONBENCH_TASKS = {
     "SUN397": "sun397", "Cars": "stanford-cars", "RESISC45": "resisc45", "EuroSAT": "eurosat", "SVHN": "svhn",
@@ -56,7 +55,8 @@ _KEY_ORDER = "mergerepro.key_order"
 _SOURCE_SHA256 = "mergerepro.source_sha256"
 _NORMALIZE = "mergerepro.normalize"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_IMAGE_ENCODER = "src.modeling.ImageEncoder"
+# torch.save's legacy (non-zip) format starts with this number, pickled; a plain pickle does not.
+_TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _HEAD = "src.modeling.ClassificationHead"
 
 
@@ -127,7 +127,7 @@ def _read(path: Path):
         raise CheckpointError(path, "is a folder without config.json; expected a checkpoint file or a Hugging Face "
                                     "model folder")
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(32)
     if len(head) < 8:
         raise CheckpointError(path, f"file is {len(head)} bytes long: empty or truncated")
     if _looks_like_safetensors(head):
@@ -139,6 +139,10 @@ def _read(path: Path):
     if not is_zip and not head.startswith(b"\x80"):
         raise CheckpointError(path, "not a checkpoint: neither a torch.save file nor a safetensors file")
     try:
+        if not is_zip and _TORCH_LEGACY_MAGIC not in head:
+            # A plain `pickle.dump` of a module, which the AdaMerging README says some checkpoints need.
+            with open(path, "rb") as f:
+                return unpickler.load(f)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError:
@@ -291,9 +295,6 @@ class CheckpointSet:
     pretrained: Path
     finetuned: dict[str, Path]
     heads: dict[str, Path] = field(default_factory=dict)
-
-    def paths(self) -> list[Path]:
-        return [self.pretrained, *self.finetuned.values(), *self.heads.values()]
 
 
 def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str | None = None

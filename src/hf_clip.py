@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -80,7 +81,8 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict, StateDict]:
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
             return config, {k: f.get_tensor(k) for k in f.keys()}
     if (folder / "pytorch_model.bin").is_file():
-        return config, torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        path = folder / "pytorch_model.bin"
+        return config, torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     sharded = sorted(p.name for p in folder.glob("*.index.json"))
     hint = f" (sharded checkpoints such as {sharded[0]} are not supported; re-save unsharded)" if sharded else ""
     raise HFCheckpointError(f"{folder} has neither {' nor '.join(WEIGHT_FILES)}{hint}")

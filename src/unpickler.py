@@ -6,7 +6,9 @@ Plain `pickle` would import those classes and call whatever the file names; `tor
 the file. Here every class or function the file references falls into one of three groups:
 
 - a small allowlist of real objects: torch's tensor/parameter rebuild functions, `OrderedDict`, `set`, `frozenset`,
-  torch dtypes, `torch.Size`, and `codecs.encode` limited to latin-1 (how protocol-2 pickles store bytes);
+  torch dtypes, `torch.Size`, `codecs.encode` limited to latin-1 (how protocol-2 pickles store bytes), and, for
+  modules saved with plain `pickle.dump` instead of `torch.save`, storages read from their embedded bytes with
+  `torch.load(weights_only=True)`;
 - names inside the packages a saved module legitimately refers to (`src`, `open_clip`, `torchvision`, `torch.nn`,
   `timm`): these become inert `Placeholder` classes that only record the state they are given, so no code from
   those packages (or from the file) ever runs, and renamed classes (open_clip 2.0.2's `VisualTransformer`) load
@@ -14,8 +16,9 @@ the file. Here every class or function the file references falls into one of thr
 - anything else (`os.system`, `subprocess.Popen`, `builtins.eval`, `builtins.getattr`, ...): `RefusedGlobal` is
   raised the moment the name is read, before anything could be called.
 
-Storages are resolved by torch's own loader (`torch.load(..., pickle_module=this module)`), so zip-format and
-legacy-format files, memory-mapping and map_location all behave as in torch.
+Storages of `torch.save` files are resolved by torch's own loader (`torch.load(..., pickle_module=this module)`), so
+zip-format and legacy-format files, memory-mapping and map_location all behave as in torch; `load` reads a plain
+pickle.
 
 `module_state_dict` then rebuilds a state dict from the placeholders' `_parameters`, `_buffers` and `_modules`,
 in registration order, exactly as `nn.Module.state_dict` orders it (AdaMerging pairs coefficients with tensors by
@@ -53,7 +56,14 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, "latin1")
 
 
+def _storage_from_bytes(data: bytes):
+    """Storages inside a plain `pickle.dump` of a module are nested legacy torch files; torch's own loader would
+    open them with weights_only=False, so they are read with weights_only=True instead."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
 _TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
     ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
@@ -152,12 +162,9 @@ class NumpyUnpickler(Unpickler):
 
 
 def load(file, **kwargs):
-    """`pickle.load` with the restricted unpickler (torch's loader calls this for the legacy format's header)."""
+    """`pickle.load` with the restricted unpickler (torch's loader calls this for the legacy format's header; the
+    AdaMerging README's fallback `pickle.load(open(ckpt, 'rb'))` is this, made safe)."""
     return Unpickler(file, **kwargs).load()
-
-
-def loads(data: bytes, **kwargs):
-    return load(io.BytesIO(data), **kwargs)
 
 
 def load_data_pickle(file, **kwargs):

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 import src.files
@@ -46,6 +47,22 @@ def test_cached_items_are_bit_identical(root, tmp_path, task, which):
     assert fast.images.dtype == np.uint8 and fast.images.shape == (len(split), 32, 32, 3)  # RGB after conversion
     for (a, la), (b, lb) in zip(_items(split), _items(fast)):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b) and la == lb
+
+
+@pytest.mark.parametrize("which", ["open_clip 3.3", "open_clip 2.0.2 (task_vectors pickles)"])
+def test_batched_reads_are_bit_identical(root, tmp_path, which):
+    preprocess = _preprocesses()[which]
+    split = get_task("SUN397", root).split("test", preprocess)
+    fast = cached(split, tmp_path)
+    assert fast.normalize is not None  # the whole-batch path is taken
+    for batch_size in (1, 4, 6):
+        slow_batches = list(DataLoader(split, batch_size=batch_size))
+        fast_batches = list(DataLoader(fast, batch_size=batch_size))
+        assert len(slow_batches) == len(fast_batches)
+        for (a, la), (b, lb) in zip(slow_batches, fast_batches):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    shuffled = fast.__getitems__([4, 0, 2])
+    assert all(torch.equal(x, split[i][0]) for (x, _), i in zip(shuffled, [4, 0, 2]))
 
 
 def test_second_use_reads_no_image(root, tmp_path, monkeypatch):

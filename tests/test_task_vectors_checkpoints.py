@@ -38,14 +38,14 @@ def _globals_in(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("style", ["modern", "202"])
-@pytest.mark.parametrize("legacy_format", [False, True])
-def test_pickled_encoder_loads_exact_tensors_in_registration_order(tmp_path, encoder, images, style, legacy_format):
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "pickle"])
+def test_pickled_encoder_loads_exact_tensors_in_registration_order(tmp_path, encoder, images, style, fmt):
     path = tmp_path / "zeroshot.pt"
     if style == "202":
-        fx.openclip202_encoder_pickle(path, encoder, legacy_format=legacy_format)
+        fx.openclip202_encoder_pickle(path, encoder, fmt=fmt)
         pickled_order = list(fx.openclip202_encoder(encoder).state_dict())
     else:
-        fx.modern_encoder_pickle(path, encoder, legacy_format=legacy_format)
+        fx.modern_encoder_pickle(path, encoder, fmt=fmt)
         pickled_order = list(encoder.state_dict())
     loaded = load_state_dict(path)
     assert list(loaded) == pickled_order
@@ -79,12 +79,12 @@ def test_202_fixture_is_what_plain_loading_fails_on(tmp_path, encoder):
         torch.load(path, weights_only=False)
 
 
-@pytest.mark.parametrize("attack", ["os.system", "subprocess", "eval", "getattr", "module"])
+@pytest.mark.parametrize("attack", ["os.system", "subprocess", "eval", "getattr", "module", "nested"])
 def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, attack):
     marker = tmp_path / "pwned"
     path = fx.evil_pickle(tmp_path / "evil.pt", attack, marker)
     expected = {"os.system": "posix.system", "subprocess": "subprocess.call", "eval": "builtins.eval",
-                "getattr": "builtins.getattr", "module": "posix.system"}[attack]
+                "getattr": "builtins.getattr", "module": "posix.system", "nested": "posix.system"}[attack]
     for load in (load_state_dict, load_head):
         with pytest.raises(CheckpointError) as info:
             load(path)

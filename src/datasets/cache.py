@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import Compose, ToTensor
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 from src.datasets.readers import SplitDataset
 from src.files import CACHE_DIR
@@ -142,7 +142,12 @@ def _stack(items):
 
 
 class CachedSplit(Dataset):
-    """A cached split: memory-mapped stored arrays, the rest of the preprocess applied per item."""
+    """A cached split: memory-mapped stored arrays, the rest of the preprocess applied per item.
+
+    DataLoader batches are read in one slice (`__getitems__`); when the rest of the preprocess is ToTensor then
+    Normalize (CLIP's), it runs on the whole batch at once with the same elementwise float32 operations, so the
+    tensors are bit-identical to the per-item ones.
+    """
 
     def __init__(self, folder: Path, preprocess: Callable):
         self.folder = folder
@@ -151,6 +156,8 @@ class CachedSplit(Dataset):
         self.labels = np.load(folder / "labels.npy")
         self.uint8 = meta["stored"].startswith("uint8")
         self.rest = split_at_to_tensor(preprocess)[1] if self.uint8 else None
+        steps = self.rest.transforms if self.uint8 else []
+        self.normalize = steps[1] if [type(t) for t in steps[1:]] == [Normalize] and self.images.ndim == 4 else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -159,3 +166,16 @@ class CachedSplit(Dataset):
         array = np.array(self.images[index])
         image = self.rest(array) if self.uint8 else torch.from_numpy(array)
         return image, int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]):
+        if not indices:
+            return []
+        if indices != list(range(indices[0], indices[0] + len(indices))) or (self.uint8 and self.normalize is None):
+            return [self[i] for i in indices]
+        block = torch.from_numpy(np.array(self.images[indices[0]:indices[0] + len(indices)]))
+        if self.uint8:  # what ToTensor does per image, then Normalize's sub_/div_ with [C, 1, 1] mean and std
+            block = block.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+            mean = torch.as_tensor(self.normalize.mean, dtype=torch.float32).view(-1, 1, 1)
+            std = torch.as_tensor(self.normalize.std, dtype=torch.float32).view(-1, 1, 1)
+            block = block.sub_(mean).div_(std)
+        return list(zip(block, (int(label) for label in self.labels[indices[0]:indices[0] + len(indices)])))

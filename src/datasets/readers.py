@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,7 +37,6 @@ class Samples:
     paths: list[Path] | None = None  # one image file per sample, or
     arrays: np.ndarray | None = None  # uint8 [N, H, W] (mode L) or [N, H, W, 3] (RGB)
     transpose: bool = False  # EMNIST stores images transposed
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
