@@ -91,7 +91,8 @@ def open_suite(args: argparse.Namespace) -> Suite:
 
 
 def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
-    family = {"family": "demo"} if model == DEMO_MODEL else {}
+    # The bundled demo is labelled 'demo'; any other tree's family is detected from its layout.
+    family = {"family": "demo"} if model == DEMO_MODEL and Path(root) == DEFAULT_CHECKPOINTS else {}
     found = find_checkpoints(root, model, tasks, **family)
     # A whole CLIP beside the checkpoints (the demo ships one) gives the text tower for the zero-shot heads;
     # otherwise it is open_clip's 'openai' weights, as task_vectors used.

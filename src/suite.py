@@ -14,8 +14,10 @@ from typing import Callable
 import torch
 
 from src import heads as heads_lib
+from src import hf_clip
 from src.checkpoints import CheckpointSet, StateDict, load_state_dict
 from src.datasets import TaskData, get_task
+from src.datasets.cache import cached
 from src.eval import evaluate
 from src.files import CACHE_DIR, sha256
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
@@ -67,7 +69,8 @@ class Suite:
 
     @functools.cache
     def test_set(self, task: str):
-        return self.task_data(task).split("test", self.encoder.val_preprocess)
+        # Real test sets are decoded and resized once, then served from the on-disk cache (src/datasets/cache.py).
+        return cached(self.task_data(task).split("test", self.encoder.val_preprocess), self.cache_dir / "datasets")
 
     @functools.cache
     def head(self, task: str) -> ClassificationHead:
@@ -86,6 +89,18 @@ class Suite:
         model, _, _ = create_clip(self.model, pretrained=self.text_tower)
         return model
 
+    def load_encoder(self, state_dict: StateDict) -> None:
+        """Put a state dict into the shared encoder. HF checkpoints hold the vision tower only; their `proj` comes
+        from the pretrained CLIPModel folder, as in FusionBench."""
+        if self.family == hf_clip.FAMILY:
+            self.encoder.load_vision_state_dict(state_dict, self._hf_projection)
+        else:
+            self.encoder.load_state_dict(state_dict, strict=True)
+
+    @functools.cached_property
+    def _hf_projection(self):
+        return hf_clip.projection(self.checkpoints.pretrained)
+
     def evaluate(self, weights: StateDict | Callable[[str], StateDict], desc: str,
                  tasks: list[str] | None = None) -> dict[str, float]:
         """Accuracy per task (all of the suite's, or `tasks`) of one merged state dict, or of `weights(task)` per
@@ -93,7 +108,7 @@ class Suite:
         out = {}
         for task in self.tasks if tasks is None else tasks:
             state_dict = weights(task) if callable(weights) else weights
-            self.encoder.load_state_dict(state_dict, strict=True)
+            self.load_encoder(state_dict)
             out[task] = evaluate(self.encoder, self.head(task), self.test_set(task), batch_size=self.batch_size,
                                  device=self.device, amp=self.amp, desc=f"{desc} {task}")
         return out

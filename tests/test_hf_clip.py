@@ -131,3 +131,16 @@ def test_find_hf_checkpoints_lists_every_missing_folder(tmp_path):
     assert "2 checkpoint file(s) missing" in message
     assert str(tmp_path / "tanganke" / "clip-vit-base-patch32_sun397") in message
     assert str(tmp_path / "tanganke" / "clip-vit-base-patch32_dtd") in message
+
+
+def test_suite_evaluates_hf_checkpoints_with_the_pretrained_projection(pretrained, finetuned, pixels):
+    from src.checkpoints import CheckpointSet
+    from src.suite import Suite
+    clip, clip_folder = pretrained
+    hf_model, folder = finetuned
+    found = CheckpointSet("demo", hf_clip.FAMILY, clip_folder, {"SVHN": folder})
+    suite = Suite(found, ["SVHN"], text_tower="openai", device="cpu")
+    suite.load_encoder(suite.finetuned("SVHN"))
+    with torch.no_grad():
+        ours = suite.encoder.eval()(pixels)
+    torch.testing.assert_close(ours, _hf_features(hf_model, clip.visual_projection.weight, pixels), rtol=0, atol=1e-5)
