@@ -16,7 +16,7 @@ Methods, both seeded identically, on the same batches:
 Every measurement runs in its own process (ViT-B/32 ones under `flock /tmp/heavy.lock`), with one torch thread by
 default (`--threads`): a process times its steps after one warm-up step and takes their median; the table gives the
 median over 3 processes per setting for the demo, 1 process (3 timed steps) for ViT-B/32. Peak RSS is the process's
-ru_maxrss (imports and setup included).
+ru_maxrss (imports and setup included), with MALLOC_MMAP_THRESHOLD_=65536 by default (see MMAP_THRESHOLD).
 The final coefficients of both methods are compared (max |Δλ|).
 
     python bench/adamerging.py              # writes bench/results/adamerging.csv, prints a markdown table
@@ -53,6 +53,10 @@ NUM_CLASSES = 10
 BATCH_SIZE = 16
 TASK_COUNTS = (2, 4, 8)
 LOCK = "/tmp/heavy.lock"
+# glibc raises its mmap threshold after large frees, so freed activations and temporaries stay in the heap and RSS
+# grows with the number of batches whether or not tensors are alive (measured: ~0.55 GiB per task on ViT-B/32 with
+# the functional method). A fixed threshold returns large blocks to the OS at once, so peak RSS measures live memory.
+MMAP_THRESHOLD = 1 << 16
 # (batches per task, timed steps per process, processes) per model. ViT-B/32 takes seconds per forward+backward of
 # 16 images on one CPU core, so it uses 1 batch per task instead of the reference's 2 and one process per setting.
 PLAN = {"demo": (2, 5, 3), "ViT-B-32": (1, 3, 1)}
@@ -105,8 +109,10 @@ def _setup(model_name: str, num_tasks: int, batches_per_task: int):
     encoder = ImageEncoder(model_name)
     pretrained = encoder.state_dict()
     g = torch.Generator().manual_seed(SEED + 1)
-    task_vectors = [{k: TASK_VECTOR_SCALE * torch.randn(v.shape, generator=g) if k.startswith("model.visual.")
-                     else torch.zeros_like(v) for k, v in pretrained.items() if v.is_floating_point()}
+    # Drawn in place: a temporary per tensor would leave freed heap blocks behind in RSS.
+    task_vectors = [{k: torch.empty(v.shape).normal_(0, TASK_VECTOR_SCALE, generator=g)
+                     if k.startswith("model.visual.") else torch.zeros_like(v)
+                     for k, v in pretrained.items() if v.is_floating_point()}
                     for _ in range(num_tasks)]
     heads = []
     for _ in range(num_tasks):
@@ -134,32 +140,38 @@ def child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, 
         times.append(time.perf_counter() - start)
     torch.save(trainer.coefficients(), coefficients_out)
     vector_bytes = sum(v.numel() * v.element_size() for tv in task_vectors for v in tv.values())
-    return {"step_s": statistics.median(times[1:]), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"step_s": statistics.median(times[1:]), "peak_rss_mib": peak,
             "task_vectors_mib": vector_bytes / 2**20, "final_loss": losses[-1]}
 
 
-def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, threads: int) -> dict:
+def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, threads: int,
+              mmap_threshold: int) -> dict:
     cmd = [sys.executable, __file__, "--child", model_name, str(num_tasks), method, str(coefficients_out), str(threads)]
     if model_name != "demo":
         cmd = ["flock", LOCK, *cmd]
     load = os.getloadavg()[0]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    if mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "loadavg": load}
 
 
 COLUMNS = ["model", "tasks", "method", "batches_per_task", "batch_size", "timed_steps", "processes", "step_s_median",
            "step_s_per_process", "peak_rss_mib", "task_vectors_mib", "peak_minus_vectors_mib",
-           "max_abs_coef_diff_vs_naive", "final_loss", "torch_threads", "loadavg_1m_max"]
+           "max_abs_coef_diff_vs_naive", "final_loss", "torch_threads", "malloc_mmap_threshold", "loadavg_1m_max"]
 
 
-def measure(model_name: str, num_tasks: int, threads: int, tmp: Path) -> list[dict]:
+def measure(model_name: str, num_tasks: int, threads: int, mmap_threshold: int, tmp: Path) -> list[dict]:
     """Both methods for one setting; their processes alternate so that both see the same machine load."""
     batches_per_task, steps, processes = PLAN[model_name]
     methods = [m for m in ("functional", "naive") if (model_name, num_tasks, m) not in SKIP]
     runs = {m: [] for m in methods}
     for _ in range(processes):
         for method in methods:
-            runs[method].append(run_child(model_name, num_tasks, method, tmp / f"{method}.pt", threads))
+            runs[method].append(run_child(model_name, num_tasks, method, tmp / f"{method}.pt", threads,
+                                           mmap_threshold))
     coefs = {m: torch.load(tmp / f"{m}.pt", weights_only=True) for m in methods}
     diff = f"{(coefs['functional'] - coefs['naive']).abs().max().item():.2e}" if len(coefs) == 2 else ""
     rows = []
@@ -173,18 +185,19 @@ def measure(model_name: str, num_tasks: int, threads: int, tmp: Path) -> list[di
                      "peak_rss_mib": round(peak, 1), "task_vectors_mib": round(vectors, 1),
                      "peak_minus_vectors_mib": round(peak - vectors, 1), "max_abs_coef_diff_vs_naive": diff,
                      "final_loss": results[0]["final_loss"], "torch_threads": threads,
+                     "malloc_mmap_threshold": mmap_threshold or "glibc default",
                      "loadavg_1m_max": round(max(r["loadavg"] for r in results), 2)})
         print(f"{model_name} K={num_tasks} {method}: {rows[-1]['step_s_median']} s/step, {rows[-1]['peak_rss_mib']} "
               "MiB peak", file=sys.stderr, flush=True)
     return rows
 
 
-def main(models: list[str], out_csv: Path, threads: int) -> None:
+def main(models: list[str], out_csv: Path, threads: int, mmap_threshold: int) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in models:
             for num_tasks in TASK_COUNTS:
-                rows += measure(model_name, num_tasks, threads, Path(tmp))
+                rows += measure(model_name, num_tasks, threads, mmap_threshold, Path(tmp))
     text = io.StringIO()
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -218,5 +231,7 @@ if __name__ == "__main__":
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads per measurement (default 1: on a loaded 2-core machine two OpenMP "
                                  "threads ran a demo forward+backward ~50x slower than one)")
+        parser.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
+                            help="MALLOC_MMAP_THRESHOLD_ for the measured processes (0: glibc's default)")
         args = parser.parse_args()
-        main(args.models, args.out, args.threads)
+        main(args.models, args.out, args.threads, args.mmap_threshold)

@@ -14,6 +14,15 @@ K = 3
 N_IMAGES = 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The demo tensors are tiny: on the shared 2-core machine two OpenMP threads made these tests ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo():
     """A random demo encoder, K fine-tuned models, zero-shot-like heads (×100, normalised) and test images."""
