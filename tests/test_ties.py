@@ -5,7 +5,6 @@ import src.merging.ties as ties
 from naive_merging import naive_ties, naive_ties_parts, unflatten
 from src.merging import ties_merging, ties_selected_vectors
 from src.merging.ties import kth_index, ties_thresholds
-from src.modeling import ImageEncoder
 
 
 def _models(*task_vectors, key="w"):
@@ -184,33 +183,6 @@ def test_threshold_equals_kthvalue(kind):
 
 
 # ---- streaming against the literal K×d formulation ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vit_models():
-    """A small open_clip ViT (the demo architecture) with text leftovers, plus two odd-sized tensors, K = 5.
-
-    Task vectors are Gaussian on the image tower with a per-task scale; the text-side tensors never change. On one
-    stretch tasks 0 and 1 cancel exactly and the others are zero, so the majority-sign fill is exercised.
-    """
-    g = torch.Generator().manual_seed(0)
-    pre = {k: torch.randn(v.shape, generator=g) for k, v in ImageEncoder("demo").state_dict().items()}
-    pre["model.visual.odd"] = torch.randn(3, 7, generator=g)
-    pre["model.visual.big"] = torch.randn(70_001, generator=g)
-    fts = []
-    for i in range(5):
-        ft = {}
-        for key, value in pre.items():
-            moved = key.startswith("model.visual.")
-            ft[key] = value + (1e-3 * (i + 1)) * torch.randn(value.shape, generator=g) if moved else value.clone()
-        fts.append(ft)
-    # θ₀ = 0 there, so that τ_0 + τ_1 = 0 holds exactly; 1e-2 is far above every task's threshold.
-    stretch = slice(100, 400)
-    delta = 1e-2 * torch.randn(300, generator=g)
-    for i, ft in enumerate(fts):
-        ft["model.visual.big"][stretch] = (delta, -delta)[i] if i < 2 else 0.0
-    pre["model.visual.big"][stretch] = 0.0
-    return pre, fts
-
 
 @pytest.mark.parametrize("chunk", [ties._CHUNK, 999])
 @pytest.mark.parametrize("merge_func", ["sum", "mean", "max"])
