@@ -166,26 +166,31 @@ def emr_merging(pretrained: StateDict, finetuned: Sequence[StateDict], unified_o
     task_mass = torch.zeros(num_tasks, dtype=accumulate)
     masked_mass = torch.zeros(num_tasks, dtype=accumulate)
     unified: StateDict = {}
+    # The K task vectors of one tensor are written into one reused [K, n] block: its mean over dim 0 is the
+    # reference's torch.stack(...).mean(0) bit for bit, without a stacked copy per tensor.
+    block = torch.empty(num_tasks * max((shapes[key].numel() for key in moved), default=0))
     for key in keys:
         if key not in moved:
             if bits is not None:
                 bits.skip(shapes[key].numel())
             continue
-        taus = [ft[key] - pretrained[key] for ft in finetuned]
-        flag = torch.where(torch.stack(taus).mean(0) > 0, 1.0, -1.0).to(pretrained[key].dtype)
+        taus = block[:num_tasks * shapes[key].numel()].view(num_tasks, *shapes[key])
+        for tau, ft in zip(taus, finetuned):
+            torch.sub(ft[key], pretrained[key], out=tau)
+        flag = torch.where(taus.mean(0) > 0, 1.0, -1.0).to(pretrained[key].dtype)
         magnitude = torch.zeros_like(pretrained[key])
-        masks = []
+        masks = torch.empty(taus.shape, dtype=torch.bool)
         for k, tau in enumerate(taus):
-            agreeing = tau * flag
-            masks.append(agreeing > 0)
+            task_mass[k] += tau.abs().sum(dtype=accumulate) if global_rescaler else tau.abs().mean()
+            agreeing = tau.mul_(flag)
+            torch.gt(agreeing, 0, out=masks[k])
             # (τ·γ)⁺ equals |M ⊙ τ| bit for bit, γ being ±1.
             torch.maximum(magnitude, agreeing.clamp_(min=0), out=magnitude)
-            task_mass[k] += tau.abs().sum(dtype=accumulate) if global_rescaler else tau.abs().mean()
         for k, mask in enumerate(masks):
             masked = magnitude * mask  # = |M_k ⊙ τ_uni|
             masked_mass[k] += masked.sum(dtype=accumulate) if global_rescaler else masked.mean()
         if bits is not None:
-            bits.write(torch.stack(masks).reshape(num_tasks, -1).numpy())
+            bits.write(masks.reshape(num_tasks, -1).numpy())
         if magnitude.any():
             unified[key] = magnitude.mul_(flag)
     if bits is None:
