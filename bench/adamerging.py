@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import os
 import resource
@@ -37,13 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import torch  # noqa: E402
 
-from src.files import write_text  # noqa: E402
 from src.merging.adamerging import AdaMerging, entropy_loss  # noqa: E402
 from src.task_vectors import vector_keys  # noqa: E402
 
@@ -52,7 +47,6 @@ TASK_VECTOR_SCALE = 1e-3
 NUM_CLASSES = 10
 BATCH_SIZE = 16
 TASK_COUNTS = (2, 4, 8)
-LOCK = "/tmp/heavy.lock"
 # glibc raises its mmap threshold after large frees, so freed activations and temporaries stay in the heap and RSS
 # grows with the number of batches whether or not tensors are alive (measured: ~0.55 GiB per task on ViT-B/32 with
 # the functional method). A fixed threshold returns large blocks to the OS at once, so peak RSS measures live memory.
@@ -149,7 +143,7 @@ def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Pa
               mmap_threshold: int) -> dict:
     cmd = [sys.executable, __file__, "--child", model_name, str(num_tasks), method, str(coefficients_out), str(threads)]
     if model_name != "demo":
-        cmd = ["flock", LOCK, *cmd]
+        cmd = ["flock", harness.LOCK, *cmd]
     load = os.getloadavg()[0]
     env = dict(os.environ)
     if mmap_threshold:
@@ -198,11 +192,7 @@ def main(models: list[str], out_csv: Path, threads: int, mmap_threshold: int) ->
         for model_name in models:
             for num_tasks in TASK_COUNTS:
                 rows += measure(model_name, num_tasks, threads, mmap_threshold, Path(tmp))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_csv, text.getvalue())
+    harness.write_csv(out_csv, COLUMNS, rows)
     print(markdown(rows))
 
 
@@ -227,7 +217,7 @@ if __name__ == "__main__":
     else:
         parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--models", nargs="+", default=list(PLAN), choices=list(PLAN))
-        parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adamerging.csv")
+        parser.add_argument("--out", type=Path, default=harness.ROOT / "bench" / "results" / "adamerging.csv")
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads per measurement (default 1: on a loaded 2-core machine two OpenMP "
                                  "threads ran a demo forward+backward ~50x slower than one)")

@@ -10,6 +10,9 @@ sampler thread also records the peak of RssAnon (allocated memory only) every 5 
 """
 from __future__ import annotations
 
+import argparse
+import csv
+import io
 import json
 import os
 import resource
@@ -25,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from src.checkpoints import load_state_dict, save_state_dict  # noqa: E402
+from src.files import write_text  # noqa: E402
 
 MODEL = "ViT-B-32"
 SEED = 0
@@ -108,3 +112,22 @@ def run_child(script: str, args: list[str]) -> dict:
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "loadavg": os.getloadavg()[0]}
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
+
+
+def argument_parser(doc: str, csv_name: str) -> argparse.ArgumentParser:
+    """The options every state-dict benchmark takes: --workdir, --runs, --threads, --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergerepro-bench-models"),
+                        help="where the fabricated checkpoints are written once (~4.1 GB) and kept")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / csv_name)
+    return parser

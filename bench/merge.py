@@ -18,9 +18,6 @@ bit).
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import math
 import statistics
@@ -37,7 +34,6 @@ import torch  # noqa: E402
 sys.path.insert(0, str(harness.ROOT / "tests"))
 from naive_merging import naive_emr, naive_task_arithmetic, naive_ties  # noqa: E402
 from src.checkpoints import load_state_dict, save_state_dict  # noqa: E402
-from src.files import write_text  # noqa: E402
 from src.merging import emr_merging, task_arithmetic, ties_merging  # noqa: E402
 
 NUM_TASKS = 8
@@ -144,11 +140,7 @@ def main(workdir: Path, runs: int, threads: int, methods: list[str], out_csv: Pa
                 row.update(emr_file_bytes=first["emr_file_bytes"], emr_bytes_per_task_beyond_unified=round(beyond),
                            d_over_8=math.ceil(first["entries"] / 8))
             rows.append(row)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_csv, text.getvalue())
+    harness.write_csv(out_csv, COLUMNS, rows)
     print(markdown(rows))
 
 
@@ -178,12 +170,7 @@ if __name__ == "__main__":
         else:
             print(json.dumps(child(sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5], int(sys.argv[6]))))
     else:
-        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergerepro-bench-models"),
-                            help="where the fabricated checkpoints are written once (~4.1 GB) and kept")
-        parser.add_argument("--runs", type=int, default=3)
-        parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement")
+        parser = harness.argument_parser(__doc__, "merge.csv")
         parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-        parser.add_argument("--out", type=Path, default=harness.ROOT / "bench" / "results" / "merge.csv")
         args = parser.parse_args()
         main(args.workdir, args.runs, args.threads, args.methods, args.out)

@@ -14,9 +14,6 @@ mapped checkpoint pages a process touched; "allocated" is the sampled peak of Rs
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import statistics
 import sys
@@ -28,7 +25,6 @@ import harness  # noqa: E402
 import torch  # noqa: E402
 
 from src.checkpoints import load_state_dict  # noqa: E402
-from src.files import write_text  # noqa: E402
 from src.merging import OPCM  # noqa: E402
 
 MODEL_COUNTS = (2, 4, 8)
@@ -83,11 +79,7 @@ def main(workdir: Path, runs: int, threads: int, out_csv: Path) -> None:
                          "eager_over_streaming_rss": round(eager_rss / rss, 2) if impl == "streaming" else "",
                          "final_lambda": lambdas.pop(), "torch_threads": threads,
                          "loadavg_1m_max": round(max(r["loadavg"] for r in rs), 2)})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_csv, text.getvalue())
+    harness.write_csv(out_csv, COLUMNS, rows)
     print(markdown(rows))
 
 
@@ -103,11 +95,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))))
     else:
-        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergerepro-bench-models"),
-                            help="where the fabricated checkpoints are written once (~4.1 GB) and kept")
-        parser.add_argument("--runs", type=int, default=3)
-        parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement")
-        parser.add_argument("--out", type=Path, default=harness.ROOT / "bench" / "results" / "opcm.csv")
+        parser = harness.argument_parser(__doc__, "opcm.csv")
         args = parser.parse_args()
         main(args.workdir, args.runs, args.threads, args.out)
