@@ -1,10 +1,15 @@
-"""The real-data path end to end: fabricated task_vectors pickles and dataset trees through `Suite` evaluation."""
+"""The real-data path end to end: fabricated task_vectors pickles and dataset trees through `Suite` evaluation and
+through `main_task_arithmetic.py`."""
 import hashlib
+import json
 
+import pandas as pd
 import pytest
 import torch
 
+import main_task_arithmetic
 from src.checkpoints import find_checkpoints
+from src.merging import task_arithmetic
 from src.datasets import get_task
 from src.datasets.tasks import FIXTURE_SIZES_ENV
 from src.suite import Suite
@@ -48,3 +53,29 @@ def test_suite_reads_pickles_heads_and_data_in_the_real_layouts(tmp_path, monkey
     for path, digest in hashes.items():
         with open(path, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def test_task_arithmetic_script_on_fabricated_real_files(tmp_path, monkeypatch):
+    ckpt_fx.task_vectors_tree(tmp_path / "checkpoints", TASKS[:2], num_classes={"SVHN": 10, "EuroSAT": 10})
+    data_fx.build_tree(tmp_path / "data", TASKS[:2])
+    monkeypatch.setenv(FIXTURE_SIZES_ENV, str(tmp_path / "data" / "fixture_sizes.json"))
+    main_task_arithmetic.main(["--checkpoints", str(tmp_path / "checkpoints"), "--data", str(tmp_path / "data"),
+                               "--model", "demo", "--tasks", ",".join(TASKS[:2]), "--results", str(tmp_path / "out"),
+                               "--device", "cpu", "--batch-size", "4"])
+
+    table = pd.read_csv(tmp_path / "out" / "demo" / "task_arithmetic.csv")
+    assert table.task.tolist() == TASKS[:2] + ["avg"]
+    assert set(table.family) == {"task_vectors"}
+    sidecar = json.loads((tmp_path / "out" / "demo" / "task_arithmetic.json").read_text())
+    files = sorted(str(p) for p in sidecar["checkpoint_sha256"])
+    assert len(files) == 3 and all("checkpoints" in f for f in files)
+    for path, digest in sidecar["checkpoint_sha256"].items():
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest
+
+    # The script's merge is the one computed here from the same files.
+    found = find_checkpoints(tmp_path / "checkpoints", "demo", TASKS[:2])
+    suite = Suite(found, TASKS[:2], text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
+    expected = suite.evaluate(task_arithmetic(suite.pretrained, suite.all_finetuned(), 0.3), "check")
+    for task in TASKS[:2]:
+        assert table.set_index("task").accuracy[task] == pytest.approx(expected[task], abs=1e-9)
