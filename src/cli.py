@@ -16,12 +16,12 @@ from src.checkpoints import CheckpointError, find_checkpoints
 from src.datasets import TASK_LISTS
 from src.demo.tasks import TASK_NAMES as DEMO_TASKS
 from src.eval import default_device
+from src.files import REPO
 from src.modeling import DEMO_MODEL
 from src.results import (format_table, paper_numbers, provenance, read_results, results_table,
                          write_results)
 from src.suite import Suite
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINTS = REPO / "checkpoints"
 DEFAULT_DATA = REPO / "data"
 DEFAULT_RESULTS = REPO / "results"

@@ -13,7 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-CACHE_DIR = Path(os.environ.get("MERGEREPRO_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+REPO = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("MERGEREPRO_CACHE", REPO / ".cache"))
 _HASH_CACHE = CACHE_DIR / "sha256.json"
 
 
@@ -70,3 +71,10 @@ def _read_hash_cache() -> dict:
         return json.loads(_HASH_CACHE.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """`path` relative to the repository when it lies inside it (so committed provenance holds in every clone),
+    absolute otherwise."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

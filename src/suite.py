@@ -19,7 +19,7 @@ from src.checkpoints import CheckpointSet, StateDict, load_state_dict
 from src.datasets import TaskData, get_task
 from src.datasets.cache import cached
 from src.eval import evaluate
-from src.files import CACHE_DIR, sha256
+from src.files import CACHE_DIR, display_path, sha256
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
 
 
@@ -58,7 +58,7 @@ class Suite:
 
     def checkpoint_hashes(self) -> dict[str, str]:
         paths = [self.checkpoints.pretrained, *(self.checkpoints.finetuned[t] for t in self.tasks)]
-        return {str(p): sha256(p) for p in paths}
+        return {display_path(p): sha256(p) for p in paths}
 
     @functools.cached_property
     def encoder(self) -> ImageEncoder:

@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 
@@ -6,6 +8,7 @@ import main_task_arithmetic
 import main_ties_merging
 from src import cli
 from src.checkpoints import CheckpointError
+from src.files import REPO
 from src.suite import Suite
 
 TWO = "Colors,Scenes"
@@ -77,3 +80,10 @@ def test_committed_demo_results_reproduce(method, tmp_path_factory):
     assert fresh.index.tolist() == committed.index.tolist()
     # One image in 600 is 0.17 points; allow two to flip on another CPU's floating-point reductions.
     assert (fresh.accuracy - committed.accuracy).abs().max() <= 0.34
+
+
+def test_committed_provenance_names_checkpoints_relative_to_the_repo_so_any_clone_reuses_it():
+    suite = cli.open_suite(cli.parse_args("d", {}, ["--demo"]))
+    committed = json.loads((REPO / "results" / "demo" / "zeroshot.json").read_text())["checkpoint_sha256"]
+    assert committed == suite.checkpoint_hashes()
+    assert all(not key.startswith("/") for key in committed)
