@@ -35,6 +35,7 @@ sys.path.insert(0, str(harness.ROOT / "tests"))
 from naive_merging import naive_emr, naive_task_arithmetic, naive_ties  # noqa: E402
 from src.checkpoints import load_state_dict, save_state_dict  # noqa: E402
 from src.merging import emr_merging, task_arithmetic, ties_merging  # noqa: E402
+from src.task_vectors import vector_keys  # noqa: E402
 
 NUM_TASKS = 8
 METHODS = ("task_arithmetic", "ties", "emr")
@@ -54,7 +55,7 @@ def _comparable(method: str, impl: str, result, pretrained) -> dict[str, torch.T
     τ_uni (zeros where absent), the rescalers and the masks packed as EMRModel packs them."""
     if method != "emr":
         return result
-    keys = [k for k, v in pretrained.items() if v.is_floating_point()]
+    keys = vector_keys(pretrained)
     if impl == "streaming":
         unified = {k: result.unified.get(k, torch.zeros(result.shapes[k])) for k in keys}
         return {**{f"unified/{k}": v for k, v in unified.items()}, "rescalers": result.rescalers,

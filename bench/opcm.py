@@ -66,10 +66,11 @@ def main(workdir: Path, runs: int, threads: int, out_csv: Path) -> None:
     rows = []
     for n in MODEL_COUNTS:
         eager_rss = statistics.median(r["peak_rss_mib"] for r in results["eager", n])
+        lambdas = {round(r["lambda"], 6) for r in results["streaming", n] + results["eager", n]}
+        assert len(lambdas) == 1, f"N={n}: runs disagree on the final λ: {lambdas}"
+        final_lambda = lambdas.pop()
         for impl in IMPLS:
             rs = results[impl, n]
-            lambdas = {round(r["lambda"], 6) for r in results["streaming", n] + results["eager", n]}
-            assert len(lambdas) == 1, f"N={n}: runs disagree on the final λ: {lambdas}"
             rss = statistics.median(r["peak_rss_mib"] for r in rs)
             rows.append({"impl": impl, "models": n, "runs": runs,
                          "add_s_median": round(statistics.median(r["add_s"] for r in rs), 2),
@@ -77,7 +78,7 @@ def main(workdir: Path, runs: int, threads: int, out_csv: Path) -> None:
                          "peak_rss_mib": round(rss), "peak_anon_mib": round(statistics.median(
                              r["peak_anon_mib"] for r in rs)),
                          "eager_over_streaming_rss": round(eager_rss / rss, 2) if impl == "streaming" else "",
-                         "final_lambda": lambdas.pop(), "torch_threads": threads,
+                         "final_lambda": final_lambda, "torch_threads": threads,
                          "loadavg_1m_max": round(max(r["loadavg"] for r in rs), 2)})
     harness.write_csv(out_csv, COLUMNS, rows)
     print(markdown(rows))
