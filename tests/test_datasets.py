@@ -154,3 +154,17 @@ def test_check_command_reports_each_task(tree, tmp_path, monkeypatch, capsys):
 def test_task_lists():
     assert len(TA8) == 8 and len(TALL14) == 14 and len(TALL20) == 20 and TALL20[:14] == TALL14
     assert all(t in SPECS_BY_NAME for t in TALL20)
+
+
+def test_fer2013_csv_codes_are_scored_against_the_right_names(tmp_path, monkeypatch):
+    """The CSV numbers emotions 0 Angry … 4 Sad, 5 Surprise, 6 Neutral; the class list is alphabetical."""
+    rows = ["emotion,pixels,Usage"] + [f"{code},{' '.join(['7'] * 48 * 48)},PublicTest" for code in range(7)]
+    (tmp_path / "fer2013").mkdir()
+    (tmp_path / "fer2013" / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    sizes = tmp_path / "sizes.json"
+    sizes.write_text(json.dumps({"FER2013": {"test": 7, "classes": 7}}))
+    monkeypatch.setenv(FIXTURE_SIZES_ENV, str(sizes))
+    data = get_task("FER2013", tmp_path)
+    split = data.split("test", None)
+    named = [data.classnames[split[i][1]] for i in range(len(split))]
+    assert named == ["angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral"]

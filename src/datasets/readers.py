@@ -225,8 +225,14 @@ def flowers102(root: Path, split: str) -> Samples:
                    paths=paths)
 
 
+# The CSV's emotion codes (0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral) → indices of the
+# alphabetical class list (angry, disgusted, fearful, happy, neutral, sad, surprised) the heads are built from.
+_FER2013_LABEL = np.array([0, 1, 2, 3, 5, 6, 4], dtype=np.int64)
+
+
 def fer2013(root: Path, split: str) -> Samples:
-    """FER-2013 `fer2013/fer2013.csv` or `icml_face_data.csv` (test = PublicTest + PrivateTest rows, 48×48 L)."""
+    """FER-2013 `fer2013/fer2013.csv` or `icml_face_data.csv` (test = PublicTest + PrivateTest rows, 48×48 L), labels
+    mapped from the CSV's emotion codes to the alphabetical class list's order."""
     base = root / "fer2013"
     path = first_existing(base / "fer2013.csv", base / "icml_face_data.csv")
     usage = ("Training",) if split == "train" else ("PublicTest", "PrivateTest")
@@ -236,7 +242,10 @@ def fer2013(root: Path, split: str) -> Samples:
             if row["Usage"] in usage:
                 images.append(np.array(row["pixels"].split(), dtype=np.uint8).reshape(48, 48))
                 labels.append(int(row["emotion"]))
-    return Samples(labels=np.array(labels, dtype=np.int64), source_files=[path],
+    codes = np.array(labels, dtype=np.int64)
+    if len(codes) and not (0 <= codes.min() and codes.max() < len(_FER2013_LABEL)):
+        raise DatasetError(f"{path}: emotion codes range over {codes.min()}...{codes.max()}, expected 0...6")
+    return Samples(labels=_FER2013_LABEL[codes], source_files=[path],
                    arrays=np.stack(images) if images else np.zeros((0, 48, 48), np.uint8))
 
 
