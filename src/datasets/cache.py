@@ -6,11 +6,12 @@ The first call runs the preprocess over the split once and stores the result und
 the preprocess (its repr, which lists sizes, interpolation, mean and std) and every source file's path, size and
 modification time, so changing either makes a new entry.
 
-What is stored is exact, not an approximation: the preprocess is split at its ToTensor step. Everything before it
-(resize, crop, RGB conversion) yields 8-bit images, stored as uint8 [N, H, W(, 3)]; the steps from ToTensor on
-(scaling by 1/255, normalisation) are applied when an item is read, to the stored array, which gives bit-identical
-tensors to the full preprocess on the original image. Any other preprocess (no ToTensor step, or one that does not
-yield 8-bit L/RGB images before it) is stored as its float32 output instead (4× the disk, equally exact).
+What is stored is exact, not an approximation: the preprocess is split in two stages (`src.preprocess.staged`:
+open_clip's torchvision transform at its ToTensor step, the Hugging Face CLIP image processor after its resize and
+crop). The first stage yields 8-bit images, stored as uint8 [N, H, W(, 3)]; the second (scaling, normalisation) is
+applied when a batch is read, to the stored arrays, which gives bit-identical tensors to the full preprocess on the
+original image. A preprocess that cannot be split is stored as its float32 output instead (4× the disk, equally
+exact).
 Disk use with ViT 224-px preprocessing: 150 KB per image (about 13 GB for the eight TA8 test sets).
 """
 from __future__ import annotations
@@ -26,29 +27,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import Compose, Normalize, ToTensor
 
 from src.datasets.readers import SplitDataset
 from src.files import CACHE_DIR
+from src.preprocess import describe, staged
 
 _FORMAT = 1
-
-
-def describe(preprocess: Callable) -> str:
-    """A stable description of a preprocess: its repr without memory addresses."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))
-
-
-def split_at_to_tensor(preprocess: Callable) -> tuple[Callable, Callable] | None:
-    """(PIL steps, tensor steps) of a Compose with a ToTensor step, else None."""
-    if not isinstance(preprocess, Compose):
-        return None
-    for i, step in enumerate(preprocess.transforms):
-        if isinstance(step, ToTensor):
-            return Compose(preprocess.transforms[:i]), Compose(preprocess.transforms[i:])
-    return None
 
 
 def cache_key(dataset: SplitDataset, preprocess: Callable) -> str:
@@ -73,7 +58,7 @@ def cached(dataset: Dataset, cache_dir: str | os.PathLike | None = None, num_wor
 
 
 class _Stage(Dataset):
-    """Items of the part of the preprocess that is stored: uint8 HWC arrays, or float32 tensors."""
+    """Items of the part of the preprocess that is stored: uint8 arrays from `to_uint8`, or float32 tensors."""
 
     def __init__(self, dataset: SplitDataset, stored: Callable, as_uint8: bool):
         self.dataset, self.stored, self.as_uint8 = dataset, stored, as_uint8
@@ -83,24 +68,25 @@ class _Stage(Dataset):
 
     def __getitem__(self, index):
         image, label = self.dataset.samples.image(index), int(self.dataset.samples.labels[index])
-        out = self.stored(image)
         if self.as_uint8:
-            if not _is_8bit(out):
-                raise TypeError(f"the steps before ToTensor gave {type(out).__name__} "
-                                f"{getattr(out, 'mode', '')}, not an 8-bit L or RGB image")
-            return np.asarray(out, dtype=np.uint8), label
-        return torch.as_tensor(out, dtype=torch.float32).numpy(), label
+            return self.stored(image), label
+        return torch.as_tensor(self.stored(image), dtype=torch.float32).numpy(), label
 
 
-def _is_8bit(image) -> bool:
-    # ToTensor scales exactly these modes by 1/255, from a PIL image and from its uint8 array alike.
-    return isinstance(image, Image.Image) and image.mode in ("L", "RGB")
+def _stores_uint8(stages, dataset: SplitDataset) -> bool:
+    if stages is None or len(dataset) == 0:
+        return False
+    try:
+        stages.to_uint8(dataset.samples.image(0))
+    except TypeError:
+        return False
+    return True
 
 
 def _build(dataset: SplitDataset, folder: Path, num_workers: int) -> None:
-    parts = split_at_to_tensor(dataset.preprocess)
-    as_uint8 = parts is not None and len(dataset) > 0 and _is_8bit(parts[0](dataset.samples.image(0)))
-    stage = _Stage(dataset, parts[0] if as_uint8 else dataset.preprocess, as_uint8)
+    stages = staged(dataset.preprocess)
+    as_uint8 = _stores_uint8(stages, dataset)
+    stage = _Stage(dataset, stages.to_uint8 if as_uint8 else dataset.preprocess, as_uint8)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -142,11 +128,10 @@ def _stack(items):
 
 
 class CachedSplit(Dataset):
-    """A cached split: memory-mapped stored arrays, the rest of the preprocess applied per item.
+    """A cached split: memory-mapped stored arrays, the second stage of the preprocess applied on reading.
 
-    DataLoader batches are read in one slice (`__getitems__`); when the rest of the preprocess is ToTensor then
-    Normalize (CLIP's), it runs on the whole batch at once with the same elementwise float32 operations, so the
-    tensors are bit-identical to the per-item ones.
+    DataLoader batches are read in one slice (`__getitems__`) and finished as one block, with the same elementwise
+    float32 operations as per item, so the tensors are bit-identical to the per-item ones.
     """
 
     def __init__(self, folder: Path, preprocess: Callable):
@@ -154,28 +139,22 @@ class CachedSplit(Dataset):
         meta = json.loads((folder / "meta.json").read_text())
         self.images = np.load(folder / "images.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy")
-        self.uint8 = meta["stored"].startswith("uint8")
-        self.rest = split_at_to_tensor(preprocess)[1] if self.uint8 else None
-        steps = self.rest.transforms if self.uint8 else []
-        self.normalize = steps[1] if [type(t) for t in steps[1:]] == [Normalize] and self.images.ndim == 4 else None
+        self.stages = staged(preprocess) if meta["stored"].startswith("uint8") else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _block(self, start: int, stop: int) -> torch.Tensor:
+        block = torch.from_numpy(np.array(self.images[start:stop]))
+        return self.stages.finish(block) if self.stages is not None else block
+
     def __getitem__(self, index: int):
-        array = np.array(self.images[index])
-        image = self.rest(array) if self.uint8 else torch.from_numpy(array)
-        return image, int(self.labels[index])
+        return self._block(index, index + 1)[0], int(self.labels[index])
 
     def __getitems__(self, indices: list[int]):
         if not indices:
             return []
-        if indices != list(range(indices[0], indices[0] + len(indices))) or (self.uint8 and self.normalize is None):
+        if indices != list(range(indices[0], indices[0] + len(indices))):
             return [self[i] for i in indices]
-        block = torch.from_numpy(np.array(self.images[indices[0]:indices[0] + len(indices)]))
-        if self.uint8:  # what ToTensor does per image, then Normalize's sub_/div_ with [C, 1, 1] mean and std
-            block = block.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
-            mean = torch.as_tensor(self.normalize.mean, dtype=torch.float32).view(-1, 1, 1)
-            std = torch.as_tensor(self.normalize.std, dtype=torch.float32).view(-1, 1, 1)
-            block = block.sub_(mean).div_(std)
+        block = self._block(indices[0], indices[0] + len(indices))
         return list(zip(block, (int(label) for label in self.labels[indices[0]:indices[0] + len(indices)])))
