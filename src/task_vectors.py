@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 StateDict = dict[str, torch.Tensor]
+OPEN_CLIP_VISION_PREFIX = "model.visual."
 
 
 def has_task_vector(tensor: torch.Tensor) -> bool:
@@ -20,6 +21,15 @@ def has_task_vector(tensor: torch.Tensor) -> bool:
 def vector_keys(pretrained: StateDict) -> list[str]:
     """The keys that carry a task vector, in state-dict order."""
     return [k for k, v in pretrained.items() if has_task_vector(v)]
+
+
+def image_tower_keys(keys: Iterable[str]) -> list[str]:
+    """The image tower's keys among `keys`: `model.visual.*` of an open_clip ImageEncoder state dict (which also
+    carries the text-side leftovers of task_vectors checkpoints); every key of a Hugging Face `CLIPVisionModel` state
+    dict, which holds the vision tower only."""
+    keys = list(keys)
+    visual = [k for k in keys if k.startswith(OPEN_CLIP_VISION_PREFIX)]
+    return visual if visual else keys
 
 
 def check_finetuned(pretrained: StateDict, finetuned: Sequence[StateDict], method: str) -> list[str]:

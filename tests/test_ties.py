@@ -146,10 +146,13 @@ def test_vision_only_k_takes_the_threshold_over_the_image_tower():
     assert _kept(selected["model.visual.w"]) == [7, 8, 9]
 
 
-def test_vision_only_k_without_vision_keys_is_refused():
-    pre, fts = _models(TAU)
-    with pytest.raises(ValueError, match="model.visual"):
-        ties_merging(pre, fts, vision_only_k=True)
+def test_vision_only_k_changes_nothing_on_a_hugging_face_vision_tower():
+    """A CLIPVisionModel state dict is all image tower (no `model.visual.` prefix, no text padding): the flag keeps
+    the same threshold and the same merge."""
+    pre, fts = _models(TAU, key="encoder.layers.0.mlp.fc1.weight")
+    assert ties_thresholds(pre, fts, vision_only_k=True).tolist() == ties_thresholds(pre, fts).tolist() == [0.5]
+    assert torch.equal(ties_merging(pre, fts, vision_only_k=True)["encoder.layers.0.mlp.fc1.weight"],
+                       ties_merging(pre, fts)["encoder.layers.0.mlp.fc1.weight"])
 
 
 def test_mismatched_finetuned_is_refused():

@@ -14,8 +14,9 @@ With τ_k = θ_k − θ₀ over every floating-point key of the state dict (inte
 Reference quirks reproduced by default (algorithms.md §8.3, §8.4):
 - the threshold counts every float entry of the given state dict, so on task_vectors checkpoints the ~25.6 M
   always-zero text-side entries count toward d and "20 %" keeps ≈ 25.8 % of ViT-B/32's vision weights.
-  `vision_only_k=True` is the corrected variant: t_k is taken over the `model.visual.*` entries only (then applied
-  to every entry, as before);
+  `vision_only_k=True` is the corrected variant: t_k is taken over the image tower's entries only
+  (`src.task_vectors.image_tower_keys`: `model.visual.*`; on Hugging Face vision towers, which have no padding,
+  every entry, so the flag changes nothing there) and then applied to every entry, as before;
 - the merge is the disjoint sum, not the paper's mean (`merge_func="mean"` gives the paper's);
 - if the majority sign is itself 0 (as many positive as negative elected signs), the zero-sum entries keep γ = 0
   and, as in the reference's `torch.where(γ > 0, τ̂ > 0, τ̂ < 0)`, select their negative entries.
@@ -38,10 +39,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from src.task_vectors import StateDict, changed_keys, check_finetuned
+from src.task_vectors import StateDict, changed_keys, check_finetuned, image_tower_keys
 
 MERGE_FUNCS = ("sum", "mean", "max")
-VISION_PREFIX = "model.visual."
 _CHUNK = 1 << 16          # entries per task vector per block: K blocks of 256 KiB stay in the CPU caches
 _ABS = 0x7FFFFFFF         # clears the sign bit: for |x| the int32 bit pattern orders like the float value
 _HIGH_SHIFT = 16
@@ -55,7 +55,7 @@ def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], k: float
 
     `k`: share of each task vector kept, in percent (20) or as a fraction (0.2); `scaling_coef`: λ;
     `merge_func`: "sum" (reference default, also accepted as "dis-sum"), "mean" or "max";
-    `vision_only_k`: take the threshold over `model.visual.*` only (corrected variant).
+    `vision_only_k`: take the threshold over the image tower's entries only (corrected variant).
     """
     merge_func = _merge_func_name(merge_func)
     keys = _checked_keys(pretrained, finetuned)
@@ -145,10 +145,7 @@ def _blocks(pretrained: StateDict, finetuned: Sequence[StateDict], keys: list[st
 def _thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], keys: list[str], moved: set[str],
                 k: float, vision_only_k: bool) -> torch.Tensor:
     if vision_only_k:
-        keys = [key for key in keys if key.startswith(VISION_PREFIX)]
-        if not keys:
-            raise ValueError(f"vision_only_k=True needs open_clip ImageEncoder keys ('{VISION_PREFIX}*'); "
-                             "the state dict has none")
+        keys = image_tower_keys(keys)
     d = sum(pretrained[key].numel() for key in keys)
     if d == 0:
         raise ValueError("TIES-Merging: the state dict has no floating-point entries to trim")
