@@ -16,20 +16,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from src.cli import Run, parse_args
+from src.cli import Run, apply_preset, parse_args
+from src.hf_clip import FAMILY as HF_FAMILY
 from src.merging import AdaMerging, layer_wise_merge
-from src.merging.adamerging import load_coefficients, save_coefficients, seeded_batches
+from src.merging.adamerging import PRESETS, SAMPLINGS, BatchStream, load_coefficients, save_coefficients, seeded_batches
 from src.merging.ties import ties_selected_vectors
-from src.modeling import ImageEncoder
 from src.plots import coefficient_heatmap, training_curves
 from src.task_vectors import task_vector, vector_keys
 
 VARIANT = "layer_wise_pp"  # layer_wise_pp, layer_wise, task_wise_pp or task_wise
+PRESET = "auto"  # auto, reference or fusionbench (see above)
 STEPS = 500  # optimiser steps (the reference's "epochs")
 LR = 1e-3
 INIT = 0.3  # initial λ: step 0 is Task Arithmetic (or TIES for ++) with λ = 0.3
 ADAPT_BATCH_SIZE = 16  # unlabeled test images per batch during adaptation
 BATCHES_PER_TASK = 2  # the reference's loop breaks after its second batch
+CLAMP = True  # merge with clamp(λ, 0, 1), as the reference; FusionBench does not clamp
+ENTROPY_EPS = 0.0  # 0: −Σ p·log_softmax (the reference); FusionBench: −Σ p·log(p + 1e-8)
+SAMPLING = "fresh"  # "fresh": the first batches of a new shuffle every step (reference); "stream": FusionBench's
 TIES_K = 20.0  # percent kept when selecting the ++ task vectors
 EVAL_EVERY = 0  # also evaluate every N steps (0: only at step 0 and at the end)
 VECTOR_DTYPE = ""  # e.g. bfloat16: keep the task vectors in a compact dtype on the device (GPU memory)
@@ -40,21 +44,30 @@ METHOD_NAMES = {"layer_wise_pp": "layer_wise_adamergingpp", "layer_wise": "layer
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, {"VARIANT": VARIANT, "STEPS": STEPS, "LR": LR, "INIT": INIT,
+    args = parse_args(__doc__, {"VARIANT": VARIANT, "PRESET": PRESET, "STEPS": STEPS, "LR": LR, "INIT": INIT,
                                 "ADAPT_BATCH_SIZE": ADAPT_BATCH_SIZE, "BATCHES_PER_TASK": BATCHES_PER_TASK,
+                                "CLAMP": CLAMP, "ENTROPY_EPS": ENTROPY_EPS, "SAMPLING": SAMPLING,
                                 "TIES_K": TIES_K, "EVAL_EVERY": EVAL_EVERY,
                                 "VECTOR_DTYPE": VECTOR_DTYPE, "SEED": SEED, "COEFFICIENTS": COEFFICIENTS}, argv)
     if args.variant not in METHOD_NAMES:
         raise ValueError(f"--variant {args.variant}: expected one of {', '.join(METHOD_NAMES)}")
+    if args.preset not in ("auto", *PRESETS):
+        raise ValueError(f"--preset {args.preset}: expected auto, {' or '.join(PRESETS)}")
+    if args.sampling not in SAMPLINGS:
+        raise ValueError(f"--sampling {args.sampling}: expected one of {', '.join(SAMPLINGS)}")
     method = METHOD_NAMES[args.variant]
     run = Run(args)
+    preset = args.preset if args.preset != "auto" else \
+        "fusionbench" if run.suite.family == HF_FAMILY else "reference"
+    if preset != "reference":
+        apply_preset(args, PRESETS[preset])
     suite, tasks = run.suite, run.suite.tasks
     pretrained, finetuned = suite.pretrained, suite.all_finetuned()
     vectors = (ties_selected_vectors(pretrained, finetuned, k=args.ties_k) if args.variant.endswith("_pp")
                else [task_vector(pretrained, ft) for ft in finetuned])
 
     def evaluate(coefficients: torch.Tensor, desc: str) -> dict[str, float]:
-        return suite.evaluate(layer_wise_merge(pretrained, vectors, coefficients), desc)
+        return suite.evaluate(layer_wise_merge(pretrained, vectors, coefficients, clamp=args.clamp), desc)
 
     granularity = "layer" if args.variant.startswith("layer") else "task"
     shape = (len(vector_keys(pretrained)), len(tasks)) if granularity == "layer" else (len(tasks),)
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         pd.DataFrame(coefficients.reshape(-1, len(tasks)).numpy(), columns=tasks)
     coefficient_heatmap(table, run.out / f"{method}_coefficients.png", f"{method}: learned λ ({suite.model})")
     training_curves(history, run.out / f"{method}_curves.png", f"{method} ({suite.model})")
-    run.report(method, final, seed=args.seed, steps=int(history.step.max()),
+    run.report(method, final, seed=args.seed, steps=int(history.step.max()), preset=preset,
                init_avg_accuracy=sum(init.values()) / len(tasks), **paths)
 
 
@@ -85,18 +98,24 @@ def adapt(args, suite, pretrained, vectors, granularity, evaluate, init):
     """Run the entropy-minimisation steps; returns the clamped coefficients and the per-step history."""
     device = torch.device(args.device) if args.device else (torch.device("cuda") if torch.cuda.is_available()
                                                               else torch.device("cpu"))
-    encoder = ImageEncoder(suite.model).to(device)
+    encoder = suite.new_encoder().to(device)
     heads = [suite.head(t) for t in suite.tasks]
     dtype = getattr(torch, args.vector_dtype) if args.vector_dtype else None
     trainer = AdaMerging(encoder, pretrained, vectors, heads, granularity=granularity, init=args.init, lr=args.lr,
-                         vector_dtype=dtype)
+                         clamp=args.clamp, vector_dtype=dtype, entropy_eps=args.entropy_eps)
     test_sets = [suite.test_set(t) for t in suite.tasks]
     generator = torch.Generator().manual_seed(args.seed)
+    streams = [BatchStream(len(data), args.adapt_batch_size, generator) for data in test_sets]
+
+    def indices(task: int) -> list[torch.Tensor]:
+        if args.sampling == "stream":
+            return [next(streams[task]) for _ in range(args.batches_per_task)]
+        return seeded_batches(len(test_sets[task]), args.adapt_batch_size, args.batches_per_task, generator)
+
     rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": sum(init.values()) / len(init)}]
     for step in (bar := tqdm(range(1, args.steps + 1), desc="AdaMerging")):
-        batches = [[torch.stack([data[int(i)][0] for i in idx])
-                    for idx in seeded_batches(len(data), args.adapt_batch_size, args.batches_per_task, generator)]
-                   for data in test_sets]
+        batches = [[torch.stack([test_sets[task][int(i)][0] for i in idx]) for idx in indices(task)]
+                   for task in range(len(test_sets))]
         loss = trainer.step(batches)
         accuracy = None
         if args.eval_every and step % args.eval_every == 0 and step != args.steps:

@@ -5,7 +5,8 @@ far. Methods: `opcm` (project each new task vector off the merge's top singular 
 task-vector norm), `continual_ta` (θ̄_t = θ̄_{t−1} + λ·τ_t), `continual_ties` (TIES over [merged delta; τ_t]) and
 `continual_avg` (running weight average). Writes results/<model>/opcm_steps.csv (one row per method, order, step and
 task), opcm_summary.csv (final average accuracy, mean ± std over orders) and opcm.png (accuracy vs tasks merged).
-The demo suite has eight tasks; TALL14 and TALL20 need real checkpoints (`--tasks TALL14`).
+The demo suite has eight tasks; TALL14 and TALL20 need real checkpoints (`--tasks TALL14`). With both kinds of
+checkpoints present, `--route auto` takes FusionBench's Hugging Face ones, which the OPCM paper used.
 """
 import pandas as pd
 from tqdm.auto import tqdm
@@ -28,11 +29,10 @@ SEED = 0
 def merger(method: str, pretrained, args, num_tasks: int):
     coef = args.ta_scaling_coef or (0.3 if num_tasks <= 8 else 0.1)
     if method == "opcm":
-        choice = args.merge_class_embedding
-        if choice not in ("auto", "yes", "no"):
-            raise ValueError(f"--merge-class-embedding {choice}: expected auto, yes or no")
-        return OPCM(pretrained, alpha=args.alpha, zero_diagonal=args.zero_diagonal,
-                    merge_class_embedding=choice == "yes" or (choice == "auto" and args.family != "fusionbench_hf"))
+        choice = {"auto": None, "yes": True, "no": False}.get(args.merge_class_embedding, "invalid")
+        if choice == "invalid":
+            raise ValueError(f"--merge-class-embedding {args.merge_class_embedding}: expected auto, yes or no")
+        return OPCM(pretrained, alpha=args.alpha, zero_diagonal=args.zero_diagonal, merge_class_embedding=choice)
     if method == "continual_ta":
         return ContinualTaskArithmetic(pretrained, scaling_coef=coef)
     if method == "continual_ties":
@@ -45,9 +45,8 @@ def merger(method: str, pretrained, args, num_tasks: int):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"METHOD": METHOD, "ALPHA": ALPHA, "ZERO_DIAGONAL": ZERO_DIAGONAL,
                                 "MERGE_CLASS_EMBEDDING": MERGE_CLASS_EMBEDDING, "TA_SCALING_COEF": TA_SCALING_COEF,
-                                "TIES_K": TIES_K, "NUM_ORDERS": NUM_ORDERS, "SEED": SEED}, argv)
+                                "TIES_K": TIES_K, "NUM_ORDERS": NUM_ORDERS, "SEED": SEED}, argv, prefer_route="hf")
     run = Run(args)
-    args.family = run.suite.family
     suite, methods = run.suite, [m.strip() for m in args.method.split(",")]
     orders = task_orders(suite.tasks, args.num_orders, args.seed)
     rows = []

@@ -297,19 +297,20 @@ class CheckpointSet:
     heads: dict[str, Path] = field(default_factory=dict)
 
 
-def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str | None = None
-                     ) -> CheckpointSet:
+def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str | None = None,
+                     prefer: str = "task_vectors") -> CheckpointSet:
     """Locate one backbone's pretrained and fine-tuned checkpoints (and task_vectors heads) under `root`.
 
-    `family=None` detects the layout: `fusionbench_hf` when `root` holds the Hugging Face folders (see
-    `find_hf_checkpoints`), else the task_vectors layout `<root>/<model>/zeroshot.pt`,
+    `family=None` detects the layout: the Hugging Face folders (`fusionbench_hf`, see `find_hf_checkpoints`) when
+    they are present and the task_vectors files are not, or when both are and `prefer` is 'fusionbench_hf'; else the
+    task_vectors layout `<root>/<model>/zeroshot.pt`,
     `<root>/<model>/<Task>/finetuned.pt` (or `<Task>Val/`, where task_vectors' finetune.py writes) and optional
     `head_<Task>.pt`; a converted `.safetensors` file may stand in for any `.pt`. Any other `family` string reads
     the task_vectors layout under that label ('demo'). Raises one CheckpointError listing every missing path.
     """
     if family is None:
-        family = hf_clip.FAMILY if _hf_layout_present(Path(root), model) and not _tv_present(Path(root), model) \
-            else "task_vectors"
+        hf, tv = _hf_layout_present(Path(root), model), _tv_present(Path(root), model)
+        family = hf_clip.FAMILY if hf and (prefer == hf_clip.FAMILY or not tv) else "task_vectors"
     if family == hf_clip.FAMILY:
         return find_hf_checkpoints(root, model, tasks)
     base = Path(root) / model
@@ -317,10 +318,10 @@ def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], fami
     finetuned = {t: _existing(base / t / "finetuned.pt", base / f"{t}Val" / "finetuned.pt") for t in tasks}
     missing = [p for p in [pretrained, *finetuned.values()] if not p.exists()]
     if missing:
-        hf = (f"\n(For FusionBench's Hugging Face checkpoints, see find_hf_checkpoints: "
-              f"{Path(root) / 'openai' / hf_clip.HF_NAMES.get(model, '<name>')}/ ...)") if model in hf_clip.HF_NAMES \
-            else ""
-        _raise_missing(base, missing, hf)
+        hint = (f"\n`python -m src.download --route task_vectors --model {model}` prints where each comes from; "
+                f"`python -m src.download --model {model}` fetches FusionBench's Hugging Face checkpoints instead "
+                "(--route hf).") if model in hf_clip.HF_NAMES else ""
+        _raise_missing(base, missing, hint)
     heads = {}
     for t in tasks:
         head = _existing(base / f"head_{t}.pt")
@@ -352,11 +353,15 @@ def _raise_missing(base: Path, missing: list, extra: str = "") -> None:
 
 def hf_folder(root: Path, repo_id: str) -> Path:
     """Where a Hugging Face repo is under `root`: `<root>/<org>/<name>` (`huggingface-cli download --local-dir`)
-    or, in a hub cache, the newest `<root>/models--<org>--<name>/snapshots/<revision>`."""
+    or, in a hub cache, the snapshot `refs/main` names (else the newest) of `<root>/models--<org>--<name>/`."""
     plain = root / repo_id
     if plain.exists():
         return plain
-    snapshots = root / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    main = repo / "refs" / "main"
+    if main.is_file() and (repo / "snapshots" / main.read_text().strip()).is_dir():
+        return repo / "snapshots" / main.read_text().strip()
+    snapshots = repo / "snapshots"
     if snapshots.is_dir():
         revisions = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
         if revisions:
@@ -364,16 +369,32 @@ def hf_folder(root: Path, repo_id: str) -> Path:
     return plain
 
 
+def hub_cache() -> Path:
+    """The standard Hugging Face hub cache (HF_HUB_CACHE), where `python -m src.download` puts checkpoints."""
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _find_hf(roots: list[Path], repo_id: str) -> Path:
+    """The first of `roots` that holds `repo_id` as a model folder; else where it was expected under the first."""
+    for root in roots:
+        folder = hf_folder(root, repo_id)
+        if hf_clip.is_hf_folder(folder):
+            return folder
+    return hf_folder(roots[0], repo_id)
+
+
 def _hf_layout_present(root: Path, model: str) -> bool:
     name = hf_clip.HF_NAMES.get(model)
-    return name is not None and hf_clip.is_hf_folder(hf_folder(root, f"openai/{name}"))
+    return name is not None and hf_clip.is_hf_folder(_find_hf([root, hub_cache()], f"openai/{name}"))
 
 
 def find_hf_checkpoints(root: str | os.PathLike, model: str, tasks: list[str]) -> CheckpointSet:
-    """FusionBench's Hugging Face layout under `root`: `openai/<name>/` (the pretrained CLIPModel) and
-    `tanganke/<name>_<task>/` per task, each with config.json + model.safetensors (or pytorch_model.bin);
-    `<name>` is clip-vit-base-patch32, clip-vit-base-patch16 or clip-vit-large-patch14 and `<task>` FusionBench's
-    task name (`FUSIONBENCH_TASKS`). Hub-cache folders (`models--org--name/snapshots/<rev>/`) work too."""
+    """FusionBench's Hugging Face layout: `openai/<name>/` (the pretrained CLIPModel) and `tanganke/<name>_<task>/`
+    per task, each with config.json + model.safetensors (or pytorch_model.bin), under `root` as plain folders or as
+    a hub cache (`models--org--name/snapshots/<rev>/`), else in the standard hub cache. `<name>` is
+    clip-vit-base-patch32, clip-vit-base-patch16 or clip-vit-large-patch14 and `<task>` FusionBench's task name
+    (`FUSIONBENCH_TASKS`)."""
     root = Path(root)
     if model not in hf_clip.HF_NAMES:
         raise CheckpointError(root, f"no Hugging Face checkpoints for '{model}'; expected one of "
@@ -382,11 +403,13 @@ def find_hf_checkpoints(root: str | os.PathLike, model: str, tasks: list[str]) -
     if unknown:
         raise CheckpointError(root, f"tasks {unknown} have no FusionBench model; known: {', '.join(FUSIONBENCH_TASKS)}")
     name = hf_clip.HF_NAMES[model]
-    pretrained = hf_folder(root, f"openai/{name}")
-    finetuned = {t: hf_folder(root, f"tanganke/{name}_{FUSIONBENCH_TASKS[t]}") for t in tasks}
+    roots = [root, hub_cache()]
+    pretrained = _find_hf(roots, f"openai/{name}")
+    finetuned = {t: _find_hf(roots, f"tanganke/{name}_{FUSIONBENCH_TASKS[t]}") for t in tasks}
     missing = [p for p in [pretrained, *finetuned.values()] if not hf_clip.is_hf_folder(p)]
     if missing:
-        _raise_missing(root, [f"{p}/ (config.json + model.safetensors or pytorch_model.bin)" for p in missing])
+        _raise_missing(root, [f"{p}/ (config.json + model.safetensors or pytorch_model.bin)" for p in missing],
+                       f"\nFetch them with `python -m src.download --route hf --model {model} --checkpoints-only`.")
     return CheckpointSet(model, hf_clip.FAMILY, pretrained, finetuned)
 
 

@@ -20,9 +20,11 @@ from src.files import REPO
 from src.modeling import DEMO_MODEL
 from src.results import (format_table, paper_numbers, provenance, read_results, results_table,
                          write_results)
-from src.suite import Suite
+from src.suite import Suite, make_suite
 
 DEFAULT_CHECKPOINTS = REPO / "checkpoints"
+ROUTES = ("auto", "task_vectors", "hf")
+_FAMILY_OF_ROUTE = {"auto": None, "task_vectors": "task_vectors", "hf": "fusionbench_hf"}
 DEFAULT_DATA = REPO / "data"
 DEFAULT_RESULTS = REPO / "results"
 DEMO_BANNER = """\
@@ -35,10 +37,12 @@ DEMO_BANNER = """\
 
 
 def parse_args(description: str, hyperparameters: Mapping[str, object], argv: list[str] | None = None,
-               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+               extra: Callable[[argparse.ArgumentParser], None] | None = None,
+               prefer_route: str = "task_vectors") -> argparse.Namespace:
     """Common flags plus one flag per hyperparameter (`SCALING_COEF` -> `--scaling-coef`, default = the constant).
 
-    `extra(parser)` may add script-specific flags that are not hyperparameters.
+    `extra(parser)` may add script-specific flags that are not hyperparameters. `prefer_route` is the route
+    `--route auto` takes when both kinds of checkpoints are present (OPCM's paper used 'hf').
     """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -47,9 +51,16 @@ def parse_args(description: str, hyperparameters: Mapping[str, object], argv: li
     runs.add_argument("--checkpoints", type=Path, default=None,
                       help=f"checkpoint root holding <model>/zeroshot.pt etc. [default: {DEFAULT_CHECKPOINTS}, "
                            "falling back to the demo suite when it has none]")
-    runs.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root (the task_vectors layout)")
+    runs.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                      help="dataset root: the task_vectors layout, or on the hf route copies of the Hugging Face "
+                           "dataset repositories (<data>/<org>/<name>/); datasets not found there are read from the "
+                           "Hugging Face datasets cache")
     runs.add_argument("--tasks", default="TA8", help=f"a task list ({', '.join(TASK_LISTS)}) or comma-separated "
                                                      "task names")
+    runs.add_argument("--route", choices=ROUTES, default="auto",
+                      help="checkpoint route: 'task_vectors' (open_clip checkpoints, data folders), 'hf' "
+                           "(FusionBench's Hugging Face checkpoints and datasets) or 'auto' (whichever is present; "
+                           f"{prefer_route} when both are)")
     runs.add_argument("--demo", action="store_true", help="run on the bundled demo suite even if real ones exist")
     runs.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (the reference's 128)")
     runs.add_argument("--device", default=None, help="cuda or cpu [default: cuda when available]")
@@ -59,17 +70,29 @@ def parse_args(description: str, hyperparameters: Mapping[str, object], argv: li
     runs.add_argument("--reevaluate", action="store_true",
                       help="evaluate zero-shot and individual models again instead of reusing stored tables")
     method = parser.add_argument_group("hyperparameters (constants at the top of the script)")
+    given = argparse.ArgumentParser(add_help=False)  # the same flags without defaults: which ones were given
     for name, default in hyperparameters.items():
         flag = "--" + name.lower().replace("_", "-")
-        if isinstance(default, bool):
-            method.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            method.add_argument(flag, type=type(default), default=default)
+        for group, value in ((method, default), (given, argparse.SUPPRESS)):
+            if isinstance(default, bool):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            else:
+                group.add_argument(flag, type=type(default), default=value)
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
+    args.prefer_route = prefer_route
+    args.given = set(vars(given.parse_known_args(argv)[0]))
     args.hyperparameters = {name: getattr(args, name.lower()) for name in hyperparameters}
     return args
+
+
+def apply_preset(args: argparse.Namespace, values: Mapping[str, object]) -> None:
+    """Set the hyperparameters of a preset (lower-case names) on `args`, except those given on the command line."""
+    for name, value in values.items():
+        if name not in args.given:
+            setattr(args, name, value)
+            args.hyperparameters[name.upper()] = value
 
 
 def task_list(spec: str) -> list[str]:
@@ -83,7 +106,7 @@ def open_suite(args: argparse.Namespace) -> Suite:
         try:
             return _suite(args, root, args.model, task_list(args.tasks))
         except CheckpointError:
-            if args.checkpoints is not None:
+            if args.checkpoints is not None or args.route != "auto":
                 raise
             print(DEMO_BANNER.format(missing=Path(root) / args.model), file=sys.stderr)
     asked = task_list(args.tasks)
@@ -91,14 +114,17 @@ def open_suite(args: argparse.Namespace) -> Suite:
 
 
 def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
-    # The bundled demo is labelled 'demo'; any other tree's family is detected from its layout.
-    family = {"family": "demo"} if model == DEMO_MODEL and Path(root) == DEFAULT_CHECKPOINTS else {}
-    found = find_checkpoints(root, model, tasks, **family)
+    # The bundled demo is labelled 'demo'; any other tree's family is the route's, or detected from its layout.
+    if model == DEMO_MODEL and Path(root) == DEFAULT_CHECKPOINTS:
+        found = find_checkpoints(root, model, tasks, family="demo")
+    else:
+        found = find_checkpoints(root, model, tasks, family=_FAMILY_OF_ROUTE[args.route],
+                                 prefer=_FAMILY_OF_ROUTE[args.prefer_route])
     # A whole CLIP beside the checkpoints (the demo ships one) gives the text tower for the zero-shot heads;
     # otherwise it is open_clip's 'openai' weights, as task_vectors used.
     clip = Path(root) / model / "clip.pt"
-    return Suite(found, tasks, text_tower=str(clip) if clip.exists() else "openai",
-                 data_location=args.data, batch_size=args.batch_size, device=args.device, amp=args.amp)
+    return make_suite(found, tasks, text_tower=str(clip) if clip.exists() else "openai",
+                      data_location=args.data, batch_size=args.batch_size, device=args.device, amp=args.amp)
 
 
 class Run:

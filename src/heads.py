@@ -5,6 +5,10 @@ each embedding is L2-normalised, the embeddings are averaged over templates and 
 class embeddings, multiplied by exp(logit_scale), are the weights of a `ClassificationHead` that normalises image
 features first, so logits = exp(logit_scale)·cos(f, w_c).
 
+The text tower is open_clip's CLIP on the task_vectors route (`zeroshot_weights`, as task_vectors' heads.py) and
+transformers' `CLIPModel` on the Hugging Face route (`hf_zeroshot_weights`, as FusionBench's classifier: the text
+model's pooled output through `text_projection`, each class's prompts padded to the longest of them).
+
 Heads are cached on disk, keyed by the model, the text-tower weights, the class names and the templates; a cache
 whose key does not match is rebuilt.
 """
@@ -24,21 +28,40 @@ from src.modeling import ClassificationHead
 
 
 @torch.no_grad()
-def zeroshot_weights(clip_model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """[num_classes, embed_dim] head weights, already multiplied by exp(logit_scale)."""
-    clip_model.eval()
-    device = next(clip_model.parameters()).device
+def _weights(encode_text: Callable[[list[str]], torch.Tensor], logit_scale: torch.Tensor,
+             classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     rows = []
     for name in classnames:
-        emb = clip_model.encode_text(tokenizer([t.format(name) for t in templates]).to(device))
+        emb = encode_text([t.format(name) for t in templates])
         emb = emb / emb.norm(dim=-1, keepdim=True)
         emb = emb.mean(dim=0)
         rows.append(emb / emb.norm())
-    return torch.stack(rows).float() * clip_model.logit_scale.exp().float()
+    return torch.stack(rows).float() * logit_scale.exp().float()
 
 
-def build_head(clip_model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> ClassificationHead:
-    return ClassificationHead(normalize=True, weights=zeroshot_weights(clip_model, tokenizer, classnames, templates))
+def zeroshot_weights(clip_model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """[num_classes, embed_dim] head weights of an open_clip CLIP, already multiplied by exp(logit_scale)."""
+    clip_model.eval()
+    device = next(clip_model.parameters()).device
+    return _weights(lambda texts: clip_model.encode_text(tokenizer(texts).to(device)), clip_model.logit_scale,
+                    classnames, templates)
+
+
+def hf_zeroshot_weights(clip_model, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """[num_classes, embed_dim] head weights of a transformers `CLIPModel`, already multiplied by exp(logit_scale)."""
+    clip_model.eval()
+    device = next(clip_model.parameters()).device
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        inputs = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+        return clip_model.text_projection(clip_model.text_model(**inputs).pooler_output)
+    return _weights(encode, clip_model.logit_scale, classnames, templates)
+
+
+def build_head(clip_model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+               weights: Callable = zeroshot_weights) -> ClassificationHead:
+    """A zero-shot head; `weights` is `zeroshot_weights` (open_clip) or `hf_zeroshot_weights` (transformers)."""
+    return ClassificationHead(normalize=True, weights=weights(clip_model, tokenizer, classnames, templates))
 
 
 def cache_key(model_name: str, text_tower_id: str, classnames: Sequence[str], templates: Sequence[str]) -> str:

@@ -1,26 +1,23 @@
-"""Hugging Face CLIP checkpoints (FusionBench / OPCM) as open_clip ImageEncoder state dicts (algorithms.md §6.6).
+"""Hugging Face CLIP checkpoints, the route FusionBench and OPCM use (docs/hf_route.md).
 
 A checkpoint folder holds `config.json` and `model.safetensors` (or `pytorch_model.bin`). Two kinds occur:
 
 - `CLIPModel` folders (`openai/clip-vit-base-patch32` and the other pretrained CLIPs): `vision_model.*`,
-  `text_model.*`, `visual_projection.weight`, `text_projection.weight`, `logit_scale`;
-- `CLIPVisionModel` folders (the fine-tuned experts `tanganke/clip-vit-base-patch32_<task>`): `vision_model.*`,
-  or, when saved by transformers >= 5, the same keys without the `vision_model.` prefix.
+  `text_model.*`, `visual_projection.weight`, `text_projection.weight`, `logit_scale`, plus the tokenizer and
+  `preprocessor_config.json`;
+- `CLIPVisionModel` folders (the fine-tuned experts `tanganke/clip-vit-base-patch32_<task>`): `vision_model.*`, or,
+  when saved by transformers >= 5, the same keys without the `vision_model.` prefix.
 
-`vision_state_dict` maps the vision tower to open_clip names under `model.visual.`:
-q/k/v projections are concatenated (in that order, along dim 0) into `attn.in_proj_weight` / `in_proj_bias`;
-`self_attn.out_proj` → `attn.out_proj`, `mlp.fc1`/`fc2` → `mlp.c_fc`/`c_proj`, `layer_norm1`/`2` → `ln_1`/`ln_2`,
-`embeddings.patch_embedding` → `conv1`, `embeddings.class_embedding` → `class_embedding`,
-`embeddings.position_embedding.weight` → `positional_embedding`, `pre_layrnorm` → `ln_pre`,
-`post_layernorm` → `ln_post`.
-
-A `CLIPVisionModel` has no projection, so the result has no `model.visual.proj` either: merging sees exactly the
-parameters FusionBench merges (no zero task-vector entries from a shared projection, which would change TIES' top-k
-count). `projection` reads `proj` = `visual_projection.weight`ᵀ from the pretrained `CLIPModel` folder, as
-FusionBench's taskpool does; `ImageEncoder.load_vision_state_dict` puts the two together for evaluation.
+On this route the methods work on the vision tower's own tensors, as FusionBench merges them: `vision_state_dict`
+returns a `CLIPVisionModel` state dict (transformers >= 5 names, no prefix; q, k and v projections separate; no
+projection layer), in the module's own order (the order AdaMerging's coefficient rows follow). The pieces
+FusionBench takes from the pretrained `CLIPModel` and never merges are read from that folder: the
+`visual_projection` (`VisionEncoder`), the text tower and tokenizer for the zero-shot heads (`text_tower`), and the
+image processor (`image_preprocess`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,6 +26,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
+
+from src.preprocess import CLIPProcessorStages
 
 StateDict = dict[str, torch.Tensor]
 FAMILY = "fusionbench_hf"
@@ -36,34 +36,19 @@ FAMILY = "fusionbench_hf"
 HF_NAMES = {"ViT-B-32": "clip-vit-base-patch32", "ViT-B-16": "clip-vit-base-patch16",
             "ViT-L-14": "clip-vit-large-patch14"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-_BLOCK = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
-_BLOCK_RENAMES = {
-    "self_attn.out_proj.weight": "attn.out_proj.weight", "self_attn.out_proj.bias": "attn.out_proj.bias",
-    "layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",
-    "layer_norm2.weight": "ln_2.weight", "layer_norm2.bias": "ln_2.bias",
-    "mlp.fc1.weight": "mlp.c_fc.weight", "mlp.fc1.bias": "mlp.c_fc.bias",
-    "mlp.fc2.weight": "mlp.c_proj.weight", "mlp.fc2.bias": "mlp.c_proj.bias",
-}
-_TOP_RENAMES = {
-    "embeddings.class_embedding": "class_embedding",
-    "embeddings.position_embedding.weight": "positional_embedding",
-    "embeddings.patch_embedding.weight": "conv1.weight",
-    "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
-    "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias",
-}
-# The order open_clip's ImageEncoder.state_dict() lists a block's tensors in (open_clip >= 2.7 registers ln_1 first).
-_BLOCK_ORDER = ["ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-                "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                "mlp.c_proj.weight", "mlp.c_proj.bias"]
-# Keys a CLIP folder may hold that are not vision-tower parameters (position_ids was a persistent buffer in
+# What a pretrained CLIPModel folder must also hold for the heads and the preprocessing.
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "merges.txt")
+PREPROCESSOR_FILE = "preprocessor_config.json"
+_PREFIX = "vision_model."
+# Keys of a CLIP folder that are not vision-tower parameters (position_ids was a persistent buffer in
 # transformers < 4.31).
-_IGNORED = re.compile(r"^(text_model\..*|text_projection\.weight|visual_projection\.weight|logit_scale|"
-                      r"embeddings\.position_ids)$")
+_NOT_VISION = re.compile(r"^(text_model\..*|text_projection\.weight|visual_projection\.weight|logit_scale|"
+                         r"embeddings\.position_ids)$")
+_SHOWN = 5
 
 
 class HFCheckpointError(Exception):
-    """A Hugging Face folder could not be mapped; `src.checkpoints` turns it into a CheckpointError."""
+    """A Hugging Face folder could not be used; `src.checkpoints` turns it into a CheckpointError."""
 
 
 def is_hf_folder(path: str | os.PathLike) -> bool:
@@ -88,73 +73,122 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict, StateDict]:
     raise HFCheckpointError(f"{folder} has neither {' nor '.join(WEIGHT_FILES)}{hint}")
 
 
-def _vision_config(config: dict) -> dict:
-    return config.get("vision_config", config) if config.get("model_type") == "clip" else config
+def vision_config(config: dict, source: str = "config.json"):
+    """The `CLIPVisionConfig` of a CLIPModel (its `vision_config`) or CLIPVisionModel config dict."""
+    from transformers import CLIPConfig, CLIPVisionConfig
+    kind = config.get("model_type")
+    if kind == "clip":
+        return CLIPConfig(**{k: v for k, v in config.items() if k != "model_type"}).vision_config
+    if kind == "clip_vision_model":
+        return CLIPVisionConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    raise HFCheckpointError(f"{source}: model_type is '{kind}', expected 'clip' or 'clip_vision_model'")
+
+
+@functools.lru_cache(maxsize=8)
+def _tower_shapes(config_json: str) -> dict[str, torch.Size]:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    with torch.device("meta"):
+        model = CLIPVisionModel(CLIPVisionConfig.from_dict(json.loads(config_json)))
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def tower_shapes(config) -> dict[str, torch.Size]:
+    """Key → shape of a `CLIPVisionModel` state dict with this vision config, in the module's order."""
+    return _tower_shapes(config.to_json_string())
 
 
 def vision_state_dict(folder: str | os.PathLike) -> StateDict:
-    """The vision tower of a CLIPModel or CLIPVisionModel folder in open_clip ImageEncoder naming, without `proj`."""
+    """The vision tower of a CLIPModel or CLIPVisionModel folder as a `CLIPVisionModel` state dict (module
+    docstring), checked key for key and shape for shape against the folder's own config."""
     config, raw = read_folder(folder)
-    vision = _vision_config(config)
-    act = vision.get("hidden_act", "quick_gelu")
-    if act != "quick_gelu":
-        raise HFCheckpointError(f"{folder}: hidden_act is '{act}'; the open_clip OpenAI ViTs use quick_gelu, so the "
-                                "mapped encoder would not compute the same features")
-    return hf_to_open_clip(raw, source=str(folder))
-
-
-def hf_to_open_clip(raw: StateDict, source: str = "the state dict") -> StateDict:
-    """Rename and fuse a Hugging Face CLIP vision state dict (either key naming) into open_clip keys (no `proj`)."""
+    expected = tower_shapes(vision_config(config, f"{folder}/config.json"))
     tower = {}
     for key, value in raw.items():
-        key = key.removeprefix("vision_model.")
-        if not _IGNORED.match(key):
+        key = key.removeprefix(_PREFIX)
+        if not _NOT_VISION.match(key):
             tower[key] = value
-    top, blocks, unknown = {}, {}, []
-    for key, value in tower.items():
-        if key in _TOP_RENAMES:
-            top[_TOP_RENAMES[key]] = value
-        elif (m := _BLOCK.fullmatch(key)) is not None:
-            blocks.setdefault(int(m.group(1)), {})[m.group(2)] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise HFCheckpointError(f"{source}: keys that are not part of a CLIP vision tower: {unknown[:5]}")
-    missing_top = [k for k in _TOP_RENAMES if _TOP_RENAMES[k] not in top]
-    if missing_top or not blocks:
-        raise HFCheckpointError(f"{source}: not a CLIP vision model (missing {missing_top or 'encoder.layers.*'})")
-    if sorted(blocks) != list(range(len(blocks))):
-        raise HFCheckpointError(f"{source}: encoder layers are not numbered 0..{len(blocks) - 1}: {sorted(blocks)}")
-
-    out = {"model.visual.class_embedding": top["class_embedding"],
-           "model.visual.positional_embedding": top["positional_embedding"],
-           "model.visual.conv1.weight": top["conv1.weight"],
-           "model.visual.ln_pre.weight": top["ln_pre.weight"], "model.visual.ln_pre.bias": top["ln_pre.bias"]}
-    for i in range(len(blocks)):
-        block = _map_block(blocks[i], f"{source}: encoder.layers.{i}")
-        prefix = f"model.visual.transformer.resblocks.{i}."
-        out.update({prefix + name: block[name] for name in _BLOCK_ORDER})
-    out["model.visual.ln_post.weight"] = top["ln_post.weight"]
-    out["model.visual.ln_post.bias"] = top["ln_post.bias"]
-    return out
-
-
-def _map_block(block: StateDict, where: str) -> StateDict:
-    expected = {f"self_attn.{p}_proj.{t}" for p in "qkv" for t in ("weight", "bias")} | set(_BLOCK_RENAMES)
-    missing, unexpected = sorted(expected - set(block)), sorted(set(block) - expected)
-    if missing or unexpected:
-        raise HFCheckpointError(f"{where}: missing {missing}, unexpected {unexpected}")
-    out = {new: block[old] for old, new in _BLOCK_RENAMES.items()}
-    for t in ("weight", "bias"):
-        out[f"attn.in_proj_{t}"] = torch.cat([block[f"self_attn.{p}_proj.{t}"] for p in "qkv"], dim=0)
-    return out
+    missing = [k for k in expected if k not in tower]
+    unexpected = [k for k in tower if k not in expected]
+    wrong = [f"{k} {tuple(tower[k].shape)} (config says {tuple(s)})" for k, s in expected.items()
+             if k in tower and tower[k].shape != s]
+    if missing or unexpected or wrong:
+        problems = [f"{len(v)} {label}: {', '.join(v[:_SHOWN])}" for label, v in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if v]
+        raise HFCheckpointError(f"{folder}: not the CLIP vision tower its config.json describes; " +
+                                "; ".join(problems))
+    return {k: tower[k] for k in expected}
 
 
 def projection(folder: str | os.PathLike) -> torch.Tensor:
-    """open_clip's `visual.proj` (width × embed_dim): `visual_projection.weight`ᵀ of a pretrained CLIPModel
-    folder."""
+    """`visual_projection.weight` [embed_dim, width] of a pretrained CLIPModel folder."""
     _, raw = read_folder(folder)
     if "visual_projection.weight" not in raw:
         raise HFCheckpointError(f"{folder} has no visual_projection.weight: give the pretrained CLIPModel folder "
                                 "(e.g. openai/clip-vit-base-patch32), not a CLIPVisionModel")
-    return raw["visual_projection.weight"].t().contiguous()
+    return raw["visual_projection.weight"]
+
+
+class VisionEncoder(nn.Module):
+    """A `CLIPVisionModel` and the pretrained CLIP's `visual_projection`: image features are
+    visual_projection(pooler_output), the post-LayerNorm class token projected, unnormalised; the features
+    FusionBench's classifier normalises and compares with the text embeddings.
+
+    Merged state dicts are the `CLIPVisionModel`'s (`load_merged`); the projection is never merged.
+    """
+
+    def __init__(self, config, projection_weight: torch.Tensor):
+        from transformers import CLIPVisionModel
+        super().__init__()
+        self.vision = CLIPVisionModel(config)
+        out_dim, width = projection_weight.shape
+        if width != config.hidden_size:
+            raise HFCheckpointError(f"visual_projection.weight is {tuple(projection_weight.shape)}, but the vision "
+                                    f"tower's width is {config.hidden_size}")
+        self.visual_projection = nn.Linear(width, out_dim, bias=False)
+        with torch.no_grad():
+            self.visual_projection.weight.copy_(projection_weight)
+
+    @classmethod
+    def from_folder(cls, pretrained: str | os.PathLike) -> "VisionEncoder":
+        """The encoder of a pretrained CLIPModel folder, loaded with its own vision tower."""
+        config, _ = read_folder(pretrained)
+        encoder = cls(vision_config(config, f"{pretrained}/config.json"), projection(pretrained))
+        encoder.load_merged(vision_state_dict(pretrained))
+        return encoder
+
+    def parameter_name(self, key: str) -> str:
+        """This module's name for the merged state-dict key `key` (every vision-tower tensor reaches the features)."""
+        return f"vision.{key}"
+
+    def load_merged(self, state_dict: StateDict) -> None:
+        self.vision.load_state_dict(state_dict, strict=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.vision(pixel_values=pixel_values).pooler_output)
+
+
+def _require(folder: Path, names: tuple[str, ...], what: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise HFCheckpointError(f"{folder} lacks {', '.join(missing)}, needed for {what}; fetch the whole pretrained "
+                                "folder with `python -m src.download --route hf --checkpoints-only`")
+
+
+def text_tower(pretrained: str | os.PathLike):
+    """(CLIPModel, tokenizer) of a pretrained CLIPModel folder, for building zero-shot heads (`src.heads`)."""
+    from transformers import AutoTokenizer, CLIPModel
+    folder = Path(pretrained)
+    _require(folder, ("config.json",), "the text tower")
+    if not ((folder / "tokenizer.json").is_file() or all((folder / n).is_file() for n in TOKENIZER_FILES)):
+        _require(folder, TOKENIZER_FILES, "the tokenizer of the zero-shot heads")
+    model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def image_preprocess(pretrained: str | os.PathLike) -> CLIPProcessorStages:
+    """The pretrained folder's CLIP image processor on transformers' PIL backend, the implementation FusionBench's
+    published numbers were made with (transformers 4's default "slow" processor)."""
+    from transformers import CLIPImageProcessorPil
+    folder = Path(pretrained)
+    _require(folder, (PREPROCESSOR_FILE,), "the image preprocessing")
+    return CLIPProcessorStages(CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True))

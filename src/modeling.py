@@ -7,14 +7,11 @@ keeps the text-side leftovers (`model.token_embedding.weight`, `model.positional
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import open_clip
+import torch
+from torch import nn
 
 DEMO_MODEL = "demo"
 # OpenAI's CLIP weights use QuickGELU; open_clip 2.0.2 built them that way when task_vectors fine-tuned them.
@@ -58,17 +55,13 @@ class ImageEncoder(nn.Module):
         if state_dict is not None:
             self.load_state_dict(state_dict, strict=True)
 
-    def load_vision_state_dict(self, state_dict: dict[str, torch.Tensor], proj: torch.Tensor) -> None:
-        """Load a vision-tower-only state dict (Hugging Face checkpoints, `src.hf_clip`) and the projection `proj`.
+    def parameter_name(self, key: str) -> str | None:
+        """This module's name for the merged state-dict key `key`, or None for the text-side leftovers, which never
+        reach the image features."""
+        return key if key.startswith("model.visual.") else None
 
-        Every `model.visual.*` key except `proj` must be present; the text-side leftovers, which image features do
-        not use, keep their current values.
-        """
-        expected = {k for k in self.state_dict() if k.startswith("model.visual.")} - {"model.visual.proj"}
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise KeyError(f"not a {self.model_name} vision tower: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.load_state_dict({**state_dict, "model.visual.proj": proj}, strict=False)
+    def load_merged(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state_dict, strict=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)

@@ -3,6 +3,12 @@
 Every entry script works on a Suite, so the five scripts differ only in their merge call. A Suite loads fine-tuned
 checkpoints lazily (memory-mapped), reuses one encoder module for every evaluation, caches zero-shot heads on disk,
 and keeps the individual (fine-tuned) accuracies that normalized accuracy needs.
+
+The checkpoint route decides the rest (`make_suite` picks the class from the checkpoint family):
+- `OpenClipSuite` (task_vectors checkpoints and the demo): open_clip `ImageEncoder` state dicts, open_clip's eval
+  transform, heads from open_clip's text tower (or task_vectors' own `head_<Task>.pt`), datasets from folders;
+- `HFSuite` (FusionBench's Hugging Face checkpoints): `CLIPVisionModel` state dicts, the pretrained CLIP's image
+  processor, visual projection, text tower and tokenizer, as FusionBench evaluates; datasets from Hugging Face.
 """
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from src import heads as heads_lib
 from src import hf_clip
-from src.checkpoints import CheckpointSet, StateDict, load_state_dict
+from src.checkpoints import CheckpointSet, StateDict, load_head, load_state_dict
 from src.datasets import TaskData, get_task
 from src.datasets.cache import cached
 from src.eval import evaluate
@@ -27,13 +34,14 @@ from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_toke
 class Suite:
     checkpoints: CheckpointSet
     tasks: list[str]
-    text_tower: str  # open_clip pretrained tag ('openai') or a CLIP state-dict file, for building heads
     data_location: Path | None = None
     batch_size: int = 128
     device: str | None = None
     amp: bool | None = None
     cache_dir: Path = CACHE_DIR
     _finetuned: dict[str, StateDict] = field(default_factory=dict, repr=False)
+
+    data_source = "folders"
 
     @property
     def model(self) -> str:
@@ -60,46 +68,37 @@ class Suite:
         paths = [self.checkpoints.pretrained, *(self.checkpoints.finetuned[t] for t in self.tasks)]
         return {display_path(p): sha256(p) for p in paths}
 
+    def new_encoder(self) -> nn.Module:
+        """A fresh image encoder holding θ₀, with `load_merged(state_dict)` and `parameter_name(key)`."""
+        raise NotImplementedError
+
     @functools.cached_property
-    def encoder(self) -> ImageEncoder:
-        return ImageEncoder(self.model)
+    def encoder(self) -> nn.Module:
+        return self.new_encoder()
+
+    @property
+    def preprocess(self) -> Callable:
+        raise NotImplementedError
 
     def task_data(self, task: str) -> TaskData:
-        return get_task(task, self.data_location)
+        return get_task(task, self.data_location, source=self.data_source)
 
     @functools.cache
     def test_set(self, task: str):
         # Real test sets are decoded and resized once, then served from the on-disk cache (src/datasets/cache.py).
-        return cached(self.task_data(task).split("test", self.encoder.val_preprocess), self.cache_dir / "datasets")
+        return cached(self.task_data(task).split("test", self.preprocess), self.cache_dir / "datasets")
 
-    @functools.cache
-    def head(self, task: str) -> ClassificationHead:
-        if task in self.checkpoints.heads:
-            from src.checkpoints import load_head
-            return load_head(self.checkpoints.heads[task])
+    def _cached_head(self, task: str, tower_id: str, build: Callable[[TaskData], torch.Tensor]) -> ClassificationHead:
         data = self.task_data(task)
-        tower_id = sha256(self.text_tower) if Path(self.text_tower).is_file() else self.text_tower
         key = heads_lib.cache_key(self.model, tower_id, data.classnames, data.templates)
-        path = self.cache_dir / "heads" / self.model / f"head_{task}.safetensors"
-        return heads_lib.cached_head(path, key, lambda: heads_lib.build_head(
-            self._text_model, get_tokenizer(self.model), data.classnames, data.templates))
+        path = self.cache_dir / "heads" / f"{self.model}-{self.data_source}" / f"head_{task}.safetensors"
+        return heads_lib.cached_head(path, key, lambda: ClassificationHead(normalize=True, weights=build(data)))
 
-    @functools.cached_property
-    def _text_model(self):
-        model, _, _ = create_clip(self.model, pretrained=self.text_tower)
-        return model
+    def head(self, task: str) -> ClassificationHead:
+        raise NotImplementedError
 
     def load_encoder(self, state_dict: StateDict) -> None:
-        """Put a state dict into the shared encoder. HF checkpoints hold the vision tower only; their `proj` comes
-        from the pretrained CLIPModel folder, as in FusionBench."""
-        if self.family == hf_clip.FAMILY:
-            self.encoder.load_vision_state_dict(state_dict, self._hf_projection)
-        else:
-            self.encoder.load_state_dict(state_dict, strict=True)
-
-    @functools.cached_property
-    def _hf_projection(self):
-        return hf_clip.projection(self.checkpoints.pretrained)
+        self.encoder.load_merged(state_dict)
 
     def evaluate(self, weights: StateDict | Callable[[str], StateDict], desc: str,
                  tasks: list[str] | None = None) -> dict[str, float]:
@@ -119,3 +118,64 @@ class Suite:
     def individual_accuracies(self) -> dict[str, float]:
         return self.evaluate(self.finetuned, "individual")
 
+
+@dataclass(eq=False)
+class OpenClipSuite(Suite):
+    # open_clip pretrained tag ('openai') or a CLIP state-dict file, for building heads
+    text_tower: str = "openai"
+
+    @property
+    def data_source(self) -> str:
+        return "demo" if self.family == "demo" else "folders"
+
+    def new_encoder(self) -> ImageEncoder:
+        encoder = ImageEncoder(self.model)
+        encoder.load_merged(self.pretrained)
+        return encoder
+
+    @property
+    def preprocess(self) -> Callable:
+        return self.encoder.val_preprocess
+
+    @functools.cache
+    def head(self, task: str) -> ClassificationHead:
+        if task in self.checkpoints.heads:
+            return load_head(self.checkpoints.heads[task])
+        tower_id = sha256(self.text_tower) if Path(self.text_tower).is_file() else self.text_tower
+        return self._cached_head(task, tower_id, lambda data: heads_lib.zeroshot_weights(
+            self._text_model, get_tokenizer(self.model), data.classnames, data.templates))
+
+    @functools.cached_property
+    def _text_model(self):
+        model, _, _ = create_clip(self.model, pretrained=self.text_tower)
+        return model
+
+
+@dataclass(eq=False)
+class HFSuite(Suite):
+    data_source = "hf"
+
+    def new_encoder(self) -> hf_clip.VisionEncoder:
+        return hf_clip.VisionEncoder.from_folder(self.checkpoints.pretrained)
+
+    @functools.cached_property
+    def preprocess(self) -> Callable:
+        return hf_clip.image_preprocess(self.checkpoints.pretrained)
+
+    @functools.cache
+    def head(self, task: str) -> ClassificationHead:
+        return self._cached_head(task, sha256(self.checkpoints.pretrained), lambda data: heads_lib.hf_zeroshot_weights(
+            *self._text_tower, data.classnames, data.templates))
+
+    @functools.cached_property
+    def _text_tower(self):
+        return hf_clip.text_tower(self.checkpoints.pretrained)
+
+
+def make_suite(checkpoints: CheckpointSet, tasks: list[str], **kwargs) -> Suite:
+    """The Suite for a checkpoint set's route: `HFSuite` for FusionBench's Hugging Face checkpoints, else
+    `OpenClipSuite` (`text_tower` is only meaningful there)."""
+    if checkpoints.family == hf_clip.FAMILY:
+        kwargs.pop("text_tower", None)
+        return HFSuite(checkpoints, tasks, **kwargs)
+    return OpenClipSuite(checkpoints, tasks, **kwargs)

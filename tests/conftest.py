@@ -1,4 +1,5 @@
-"""Test-wide setup: every test writes its caches to a temporary folder, never to the repo's .cache.
+"""Test-wide setup: every test writes its caches to a temporary folder, never to the repo's .cache or the user's
+Hugging Face caches.
 
 `src.files.CACHE_DIR` is read from MERGEREPRO_CACHE when `src.files` is first imported, which happens while test
 modules are collected, after this file is imported: so the variable is set here, at import time.
@@ -14,6 +15,9 @@ import torch
 _CACHE = Path(tempfile.mkdtemp(prefix="mergerepro-test-cache-"))
 os.environ["MERGEREPRO_CACHE"] = str(_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The Hugging Face caches (hub and datasets) a test sees are empty temporary folders, never the user's.
+os.environ["HF_HOME"] = str(_CACHE / "huggingface")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from src.checkpoints import find_checkpoints
 from src.merging import task_arithmetic
 from src.datasets import get_task
 from src.datasets.tasks import FIXTURE_SIZES_ENV
-from src.suite import Suite
+from src.suite import make_suite
 from tests.fixtures import checkpoints as ckpt_fx
 from tests.fixtures import datasets as data_fx
 
@@ -37,7 +37,7 @@ def test_suite_reads_pickles_heads_and_data_in_the_real_layouts(tmp_path, monkey
 
     found = find_checkpoints(tmp_path / "checkpoints", "demo", TASKS)
     assert found.family == "task_vectors"
-    suite = Suite(found, TASKS, text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
+    suite = make_suite(found, TASKS, text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
     individual = suite.individual_accuracies()
     zeroshot = suite.zeroshot_accuracies()
 
@@ -75,7 +75,7 @@ def test_task_arithmetic_script_on_fabricated_real_files(tmp_path, monkeypatch):
 
     # The script's merge is the one computed here from the same files.
     found = find_checkpoints(tmp_path / "checkpoints", "demo", TASKS[:2])
-    suite = Suite(found, TASKS[:2], text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
+    suite = make_suite(found, TASKS[:2], text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
     expected = suite.evaluate(task_arithmetic(suite.pretrained, suite.all_finetuned(), 0.3), "check")
     for task in TASKS[:2]:
         assert table.set_index("task").accuracy[task] == pytest.approx(expected[task], abs=1e-9)

@@ -9,7 +9,8 @@ TASK_LISTS = {"TA8": TA8, "TALL14": TALL14, "TALL20": TALL20}
 
 __all__ = ["TaskData", "get_task", "known_tasks", "register", "TA8", "TALL14", "TALL20", "TASK_LISTS"]
 
-# Tasks register themselves on import (the real datasets and the demo's); importing them here makes them known
-# wherever tasks are.
+# Tasks register themselves on import (the real datasets from folders and from Hugging Face, and the demo's);
+# importing them here makes them known wherever tasks are.
+import src.datasets.huggingface  # noqa: E402,F401
 import src.datasets.tasks  # noqa: E402,F401
 import src.demo.tasks  # noqa: E402,F401

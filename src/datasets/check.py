@@ -1,8 +1,12 @@
-"""`python -m src.datasets.check --data DIR [--tasks TA8]`: which test splits are present, missing or wrong.
+"""`python -m src.datasets.check [--source folders|hf] [--data DIR] [--tasks TA8]`: which test splits are present,
+missing or wrong.
 
 For every task it opens the test split exactly as an evaluation would (same readers, same size and class checks)
 and prints one line per task, followed, for each problem, by the files it looked for and how to get them. The exit
 status is 0 only when every task is ready.
+
+`--source folders` (default) reads the task_vectors / torchvision layouts under `--data`; `--source hf` reads the
+Hugging Face datasets FusionBench evaluates, from copies under `--data` or from the Hugging Face datasets cache.
 """
 from __future__ import annotations
 
@@ -10,48 +14,64 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.datasets import TASK_LISTS
+from src.datasets import TASK_LISTS, get_task
+from src.datasets.huggingface import DOWNLOAD_HINT, HF_SPECS_BY_NAME
 from src.datasets.readers import DatasetError, MissingFiles
-from src.datasets.tasks import GETTING_DATA, SPECS_BY_NAME, RealTask
+from src.datasets.tasks import GETTING_DATA, SPECS_BY_NAME
 
 _SHOWN = 5
 
 
-def check(data: Path, tasks: list[str]) -> list[tuple[str, str, str]]:
+def _how_to_get(task: str, source: str) -> str:
+    if source == "hf":
+        spec = HF_SPECS_BY_NAME[task]
+        return f"{spec.repo_id}{f' ({spec.config})' if spec.config else ''}, split '{spec.split}': " + \
+            DOWNLOAD_HINT.format(task=task)
+    return SPECS_BY_NAME[task].source
+
+
+def check(data: Path | None, tasks: list[str], source: str = "folders") -> list[tuple[str, str, str]]:
     """[(task, status, detail)] with status 'ok', 'missing' or 'wrong'."""
     rows = []
     for task in tasks:
-        spec = SPECS_BY_NAME[task]
         try:
-            samples = RealTask(spec, data).samples("test")
+            described = get_task(task, data, source=source)
+            split = described.split("test", None)
         except MissingFiles as e:
             shown = [str(p) for p in e.paths[:_SHOWN]]
             more = f" (+{len(e.paths) - _SHOWN} more)" if len(e.paths) > _SHOWN else ""
-            rows.append((task, "missing", f"not found: {', '.join(shown)}{more}\n    get it: {spec.source}"))
+            rows.append((task, "missing", f"not found: {', '.join(shown)}{more}\n    get it: "
+                                          f"{_how_to_get(task, source)}"))
         except (DatasetError, OSError, ValueError, KeyError) as e:
-            rows.append((task, "wrong", f"{e}\n    expected: {spec.source}"))
+            rows.append((task, "wrong", f"{e}\n    expected: {_how_to_get(task, source)}"))
         else:
-            classes = len(samples.classnames or spec.classnames)
-            rows.append((task, "ok", f"{len(samples):,} test images, {classes} classes"))
+            rows.append((task, "ok", f"{len(split):,} test images, {len(described.classnames)} classes"))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.datasets.check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="the dataset root (the --data of the scripts)")
+    parser.add_argument("--source", choices=("folders", "hf"), default="folders",
+                        help="folders: the task_vectors/torchvision layouts; hf: FusionBench's Hugging Face datasets")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the dataset root (the --data of the scripts); required for --source folders")
     parser.add_argument("--tasks", default="TA8",
                         help=f"a task list ({', '.join(TASK_LISTS)}) or comma-separated task names")
     args = parser.parse_args(argv)
+    if args.source == "folders" and args.data is None:
+        parser.error("--data is required with --source folders")
     tasks = TASK_LISTS.get(args.tasks) or [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in SPECS_BY_NAME]
     if unknown:
         parser.error(f"unknown tasks {unknown}; known: {', '.join(SPECS_BY_NAME)}")
-    rows = check(args.data, tasks)
+    rows = check(args.data, tasks, args.source)
     width = max(len(t) for t in tasks)
     for task, status, detail in rows:
         print(f"{task:<{width}}  {status:<7}  {detail}")
     problems = sum(status != "ok" for _, status, _ in rows)
-    print(f"\n{len(rows) - problems}/{len(rows)} tasks ready under {args.data}." +
+    where = args.data if args.source == "folders" else "the Hugging Face datasets cache" + \
+        (f" and {args.data}" if args.data else "")
+    print(f"\n{len(rows) - problems}/{len(rows)} tasks ready in {where}." +
           (f" See {GETTING_DATA} for the missing ones." if problems else ""))
     return 1 if problems else 0
 

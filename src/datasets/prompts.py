@@ -113,6 +113,10 @@ _EUROSAT_OPENAI = {
 }
 
 
+# The ten names in label order (the sorted folder names), as FusionBench lists them for its Hugging Face copy.
+EUROSAT = list(_EUROSAT_OPENAI.values())
+
+
 def eurosat_classname(folder: str) -> str:
     words = " ".join(w.lower() for w in re.findall(r"[A-Z](?:[a-z]+|[A-Z]*(?=[A-Z]|$))", folder.replace("_", " ")))
     if words.endswith("al"):

@@ -1,4 +1,6 @@
-"""Task registry: a task name maps to a factory that, given the data folder, describes and opens the task's data."""
+"""Task registry: a (source, task name) pair maps to a factory that, given the data location, describes and opens the
+task's data. Sources: "folders" (files in the task_vectors / torchvision layouts), "hf" (the Hugging Face datasets
+FusionBench uses) and "demo" (the generated demo tasks)."""
 from __future__ import annotations
 
 import abc
@@ -23,24 +25,29 @@ class TaskData(abc.ABC):
         ...
 
 
-_FACTORIES: dict[str, Callable[..., TaskData]] = {}
+SOURCES = ("folders", "hf", "demo")
+_FACTORIES: dict[tuple[str, str], Callable[..., TaskData]] = {}
 
 
-def register(name: str):
-    """Decorator: register `factory(location) -> TaskData` under a task name."""
+def register(name: str, source: str = "folders"):
+    """Decorator: register `factory(location) -> TaskData` under a task name and data source."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source '{source}'; expected one of {SOURCES}")
+
     def wrap(factory):
-        if name in _FACTORIES:
-            raise ValueError(f"task '{name}' registered twice")
-        _FACTORIES[name] = factory
+        if (source, name) in _FACTORIES:
+            raise ValueError(f"task '{name}' registered twice for source '{source}'")
+        _FACTORIES[source, name] = factory
         return factory
     return wrap
 
 
-def get_task(name: str, location=None) -> TaskData:
-    if name not in _FACTORIES:
-        raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(sorted(_FACTORIES))}")
-    return _FACTORIES[name](location)
+def get_task(name: str, location=None, source: str = "folders") -> TaskData:
+    if (source, name) not in _FACTORIES:
+        raise KeyError(f"unknown task '{name}' for data source '{source}'; known tasks: "
+                       f"{', '.join(known_tasks(source))}")
+    return _FACTORIES[source, name](location)
 
 
-def known_tasks() -> list[str]:
-    return sorted(_FACTORIES)
+def known_tasks(source: str = "folders") -> list[str]:
+    return sorted(name for src, name in _FACTORIES if src == source)

@@ -113,4 +113,4 @@ class DemoTaskData(TaskData):
 
 
 for _task in TASKS:
-    register(_task.name)(lambda location, _task=_task: DemoTaskData(_task))
+    register(_task.name, source="demo")(lambda location, _task=_task: DemoTaskData(_task))

@@ -14,6 +14,8 @@ chooses the batches (see `seeded_batches`).
 Faithful to the reference [ADA] by default:
 - `clamp=True`: the merge uses clamp(λ, 0, 1); the raw parameter is unconstrained and gets zero gradient wherever
   the clamp is active. `clamp=False` gives FusionBench's unclamped variant.
+- `entropy_eps=0`: H(z) = −Σ_c softmax(z)_c · log_softmax(z)_c. FusionBench computes −Σ_c p_c · log(p_c + ε) with
+  ε = 1e-8 (`entropy_eps=1e-8`).
 - The merged tensor is accumulated as ((θ₀·1 + λ_1·τ_1) + λ_2·τ_2) + …, the reference's order. With every λ = 0.3 it
   therefore equals Task Arithmetic with λ = 0.3 (which sums the τ_k first, then scales) up to float32 rounding
   (≤ 1e-6), not bit for bit; the same holds for ++ against TIES (dis-sum, λ = 0.3).
@@ -30,8 +32,14 @@ How it computes (same objective and update, different machinery):
   merge to λ, so only one batch's activations are alive at a time and memory does not grow with the number of tasks
   beyond the task vectors. It equals the reference's single backward of the summed loss up to the float rounding
   of the accumulation order.
-- Only the `model.visual.*` tensors enter the forward (the text-side leftovers are never used by `encode_image`).
+- Only the tensors the encoder's forward uses enter `functional_call` (`encoder.parameter_name`: the
+  `model.visual.*` tensors of an open_clip encoder, every tensor of a Hugging Face vision tower).
 - Everything random is seeded by the caller: the reference shuffles its test loaders without a seed.
+
+Batches: the reference draws the first `batches_per_task` batches of a fresh shuffle of each test set at every step
+(`seeded_batches`); FusionBench draws the next batch of an endless shuffled loader, reshuffled at each pass
+(`BatchStream`). `PRESETS` holds the two codebases' settings; on Hugging Face checkpoints FusionBench's also learns
+one coefficient per q, k and v projection (199 rows on ViT-B/32), because its tensors are separate there.
 """
 from __future__ import annotations
 
@@ -48,19 +56,31 @@ from torch.func import functional_call
 from src.files import atomic_write, write_text
 from src.task_vectors import StateDict, vector_keys
 
-VISION_PREFIX = "model.visual."
 GRANULARITIES = ("layer", "task")
 TASK_WISE_ROW = "*"  # the CSV row name of a task-wise coefficient vector: it applies to every tensor
 
 
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H(z) = −Σ_c softmax(z)_c · log_softmax(z)_c per row of a [batch, classes] logit matrix (no epsilon)."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+# The two codebases' adaptation settings (docs/hf_route.md): the AdaMerging repository's scripts, and
+# FusionBench's config/method/adamerging/clip.yaml with its entropy_loss.
+PRESETS = {
+    "reference": {"steps": 500, "batches_per_task": 2, "clamp": True, "entropy_eps": 0.0, "sampling": "fresh"},
+    "fusionbench": {"steps": 1000, "batches_per_task": 1, "clamp": False, "entropy_eps": 1e-8, "sampling": "stream"},
+}
+SAMPLINGS = ("fresh", "stream")
 
 
-def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+def softmax_entropy(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Entropy per row of a [batch, classes] logit matrix: −Σ_c softmax(z)_c · log_softmax(z)_c when `eps` is 0
+    (the reference), −Σ_c p_c · log(p_c + eps) otherwise (FusionBench, eps = 1e-8)."""
+    if eps == 0.0:
+        return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+    probs = logits.softmax(1)
+    return -(probs * torch.log(probs + eps)).sum(1)
+
+
+def entropy_loss(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Mean entropy over a batch: one batch's term of the AdaMerging objective."""
-    return softmax_entropy(logits).mean(0)
+    return softmax_entropy(logits, eps).mean(0)
 
 
 def seeded_batches(dataset_len: int, batch_size: int = 16, num_batches: int = 2,
@@ -75,6 +95,27 @@ def seeded_batches(dataset_len: int, batch_size: int = 16, num_batches: int = 2,
                          f"batch_size={batch_size}, num_batches={num_batches}")
     order = torch.randperm(dataset_len, generator=generator)
     return list(order[:batch_size * num_batches].split(batch_size))
+
+
+class BatchStream:
+    """Index batches of an endless shuffled pass over a dataset, reshuffled at the start of every pass, the last batch
+    of a pass possibly short: what `next(iter(loader))` of FusionBench's infinite `shuffle=True` test loader gives,
+    seeded by `generator`."""
+
+    def __init__(self, dataset_len: int, batch_size: int = 16, generator: torch.Generator | None = None):
+        if dataset_len <= 0 or batch_size <= 0:
+            raise ValueError(f"BatchStream needs positive sizes, got dataset_len={dataset_len}, batch_size={batch_size}")
+        self.dataset_len, self.batch_size, self.generator = dataset_len, batch_size, generator
+        self._pending: list[torch.Tensor] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if not self._pending:
+            order = torch.randperm(self.dataset_len, generator=self.generator)
+            self._pending = list(order.split(self.batch_size))[::-1]
+        return self._pending.pop()
 
 
 def _merge(base: torch.Tensor, vectors: Sequence[torch.Tensor], lambdas: torch.Tensor) -> torch.Tensor:
@@ -131,9 +172,10 @@ def layer_wise_merge(pretrained: StateDict, task_vectors: Sequence[StateDict], c
 class AdaMerging:
     """Learns AdaMerging coefficients λ (layer-wise [num_tensors, K] or task-wise [K]) for K frozen heads.
 
-    `encoder` is one `src.modeling.ImageEncoder` of the right architecture on the device the adaptation should run on
-    (CPU or GPU); it is loaded with θ₀, frozen, and serves as the template of `functional_call`, so θ₀ is held once,
-    as the encoder's own weights. The vision task vectors are kept on that device, in `vector_dtype` when given
+    `encoder` is one image encoder of the right architecture (`src.modeling.ImageEncoder` or
+    `src.hf_clip.VisionEncoder`: they have `load_merged` and `parameter_name`) on the device the adaptation should
+    run on (CPU or GPU); it is loaded with θ₀, frozen, and serves as the template of `functional_call`, so θ₀ is held
+    once, as the encoder's own weights. The vision task vectors are kept on that device, in `vector_dtype` when given
     (e.g. torch.bfloat16 on a GPU, halving their memory; the merge still computes in θ₀'s dtype); on the CPU in
     float32 they are used in place, not copied. `heads[k]` maps task k's features to logits; heads that are
     `nn.Module`s are frozen and moved to the encoder's device.
@@ -142,7 +184,7 @@ class AdaMerging:
     def __init__(self, encoder: nn.Module, pretrained: StateDict, task_vectors: Sequence[StateDict],
                  heads: Sequence[Callable[[torch.Tensor], torch.Tensor]], granularity: str = "layer",
                  init: float = 0.3, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), clamp: bool = True,
-                 vector_dtype: torch.dtype | None = None):
+                 vector_dtype: torch.dtype | None = None, entropy_eps: float = 0.0):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got '{granularity}'")
         if len(heads) != len(task_vectors):
@@ -150,17 +192,20 @@ class AdaMerging:
         self.tensor_names = vector_keys(pretrained)
         _check_vectors(self.tensor_names, task_vectors)
         self.granularity, self.clamp, self.num_tasks = granularity, clamp, len(task_vectors)
+        self.entropy_eps = entropy_eps
         self.encoder = encoder.requires_grad_(False)
-        self.encoder.load_state_dict(pretrained)
-        own = self.encoder.state_dict()
-        self.device = own[self.tensor_names[0]].device
-        self._vision = [(row, k) for row, k in enumerate(self.tensor_names) if k.startswith(VISION_PREFIX)]
-        if not self._vision:
-            raise ValueError(f"no '{VISION_PREFIX}*' tensor in the pretrained state dict: AdaMerging needs an "
-                             "open_clip ImageEncoder state dict")
-        self._base = {k: own[k] for _, k in self._vision}
-        self._vectors = {k: [tv[k].to(self.device, vector_dtype or own[k].dtype) for tv in task_vectors]
-                         for _, k in self._vision}
+        self.encoder.load_merged(pretrained)
+        own = dict(self.encoder.named_parameters())
+        # (coefficient row, state-dict key, the encoder's parameter name) of every tensor the forward uses
+        self._used = [(row, k, encoder.parameter_name(k)) for row, k in enumerate(self.tensor_names)
+                      if encoder.parameter_name(k) is not None]
+        if not self._used:
+            raise ValueError("none of the pretrained state dict's tensors reaches the encoder's forward: give the "
+                             "state dict of this encoder's architecture")
+        self.device = own[self._used[0][2]].device
+        self._base = {name: own[name] for _, _, name in self._used}
+        self._vectors = {name: [tv[k].to(self.device, vector_dtype or own[name].dtype) for tv in task_vectors]
+                         for _, k, name in self._used}
         self.heads = [h.requires_grad_(False).to(self.device) if isinstance(h, nn.Module) else h for h in heads]
         shape = (len(self.tensor_names), self.num_tasks) if granularity == "layer" else (self.num_tasks,)
         self.raw = torch.full(shape, float(init), device=self.device, requires_grad=True)
@@ -174,10 +219,11 @@ class AdaMerging:
         return self._lambdas().detach().cpu()
 
     def merged_params(self) -> dict[str, torch.Tensor]:
-        """The merged `model.visual.*` tensors on the encoder's device, differentiable in λ."""
+        """The merged tensors the forward uses, by the encoder's parameter names, on its device, differentiable in
+        λ."""
         lam = self._lambdas()
-        return {k: _merge(self._base[k], self._vectors[k], lam[row] if self.granularity == "layer" else lam)
-                for row, k in self._vision}
+        return {name: _merge(self._base[name], self._vectors[name], lam[row] if self.granularity == "layer" else lam)
+                for row, _, name in self._used}
 
     def logits(self, images: torch.Tensor, task: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Task `task`'s head on the merged encoder's features (`params` from `merged_params`, computed if None)."""
@@ -199,7 +245,7 @@ class AdaMerging:
         total = torch.zeros((), device=self.device)
         for task, batches in enumerate(batches_per_task):
             for images in batches:
-                loss = entropy_loss(self.logits(images, task, leaves))
+                loss = entropy_loss(self.logits(images, task, leaves), self.entropy_eps)
                 loss.backward()
                 total = total + loss.detach()
         used = [k for k in merged if leaves[k].grad is not None]
