@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.merging import AdaMerging, layer_wise_merge, task_arithmetic, ties_merging, ties_selected_vectors
-from src.merging.adamerging import entropy_loss, load_coefficients, seeded_batches, softmax_entropy
+from src.merging.adamerging import BatchStream, entropy_loss, load_coefficients, seeded_batches, softmax_entropy
 from src.modeling import ClassificationHead, ImageEncoder
 from src.task_vectors import task_vector, vector_keys
 
@@ -321,3 +321,85 @@ def test_plus_plus_at_init_is_ties_dis_sum(demo):
     plus_plus = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"])).merged_params()
     assert all(torch.equal(plus_plus[k].detach(), merged[k]) for k in plus_plus)
     assert not torch.equal(plus_plus["model.visual.proj"], plain["model.visual.proj"])
+
+
+# ---------- FusionBench's settings, on a Hugging Face vision tower ----------
+
+def test_entropy_with_fusionbench_epsilon_by_hand():
+    logits = torch.tensor([[0.0, -20.0]], dtype=torch.float64)  # p₂ = 2.06e-9: ε = 1e-8 dominates log(p₂ + ε)
+    p = [1 / (1 + math.exp(-20)), math.exp(-20) / (1 + math.exp(-20))]
+    with_eps = -sum(q * math.log(q + 1e-8) for q in p)
+    without = -sum(q * math.log(q) for q in p)
+    assert softmax_entropy(logits, eps=1e-8).item() == pytest.approx(with_eps, rel=1e-9)
+    assert softmax_entropy(logits).item() == pytest.approx(without, rel=1e-9)
+    assert with_eps == pytest.approx(0.685 * without, rel=0.01)  # the two formulas really differ here
+
+
+def test_batch_stream_covers_each_pass_once_and_reshuffles():
+    stream = BatchStream(10, batch_size=4, generator=torch.Generator().manual_seed(0))
+    passes = [[next(stream) for _ in range(3)] for _ in range(2)]
+    for batches in passes:
+        assert [len(b) for b in batches] == [4, 4, 2]  # the last batch of a pass is short, as drop_last=False
+        assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert torch.cat(passes[0]).tolist() != torch.cat(passes[1]).tolist()
+    again = BatchStream(10, batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(next(again), b) for b in passes[0])
+
+
+def _fusionbench_layer_wise(pretrained, finetuned, visual_projection, text, scale, batches, steps):
+    """FusionBench's LayerWiseMergedModel loop, written out: weights (num_models, num_layers) in named_parameters
+    order, unclamped; merged = θ₀ + Σ_k w_k·τ_k left to right; per task one batch, logits
+    (text @ normalised projected pooler output ᵀ · scale)ᵀ, entropy with ε = 1e-8, backward per task (gradients
+    accumulate), one Adam step."""
+    from torch.func import functional_call
+    names = [n for n, _ in pretrained.named_parameters()]
+    base = dict(pretrained.named_parameters())
+    vectors = [{n: dict(ft.named_parameters())[n].detach() - base[n].detach() for n in names} for ft in finetuned]
+    weights = torch.nn.Parameter(torch.full((len(finetuned), len(names)), 0.3))
+    optimizer = torch.optim.Adam([weights], lr=1e-3)
+    for step in range(steps):
+        merged = {n: base[n].detach() for n in names}
+        for w, tv in zip(weights, vectors):
+            for i, n in enumerate(names):
+                merged[n] = merged[n] + tv[n] * w[i]
+        for task, images in enumerate(batches[step]):
+            embeds = visual_projection(functional_call(pretrained, merged, (images,))[1])
+            embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+            logits = (torch.matmul(text[task], embeds.t()) * scale).t()
+            probs = torch.softmax(logits, dim=-1)
+            loss = -torch.sum(probs * torch.log(probs + 1e-8), dim=-1).mean()
+            loss.backward(retain_graph=True)
+        optimizer.step()
+        optimizer.zero_grad()
+    return weights.detach()
+
+
+def test_layer_wise_on_a_clip_vision_model_follows_fusionbench():
+    from src.hf_clip import VisionEncoder
+    from tests.fixtures.huggingface import finetuned_model, pretrained_clip
+    clip = pretrained_clip(seed=5)
+    pretrained = finetuned_model(clip, seed=0, scale=0.0)
+    finetuned = [finetuned_model(clip, seed=s, scale=0.03) for s in (1, 2)]
+    g = torch.Generator().manual_seed(7)
+    text = [torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1) for _ in finetuned]
+    scale = clip.logit_scale.exp().detach()
+    batches = [[torch.randn(6, 3, 32, 32, generator=g) for _ in finetuned] for _ in range(3)]
+    expected = _fusionbench_layer_wise(copy.deepcopy(pretrained), finetuned, clip.visual_projection, text, scale,
+                                       batches, steps=3)
+
+    encoder = VisionEncoder(clip.config.vision_config, clip.visual_projection.weight.detach())
+    pre = pretrained.state_dict()
+    tvs = [task_vector(pre, ft.state_dict()) for ft in finetuned]
+    heads = [ClassificationHead(True, t * scale) for t in text]
+    trainer = AdaMerging(encoder, pre, tvs, heads, clamp=False, entropy_eps=1e-8)
+    for step in range(3):
+        trainer.step([[b] for b in batches[step]])
+    ours = trainer.coefficients()
+    assert ours.shape == (len(pre), 2) and len(pre) == len(list(pretrained.parameters()))
+    assert not torch.allclose(ours, torch.full_like(ours, 0.3))
+    # A key bias adds q·b to every logit of a query's softmax: its true gradient is 0, and Adam turns the float
+    # rounding left in it (~1e-12) into full-size steps, differently in any two implementations (FusionBench too).
+    # Every other coefficient follows FusionBench's loop.
+    rows = [i for i, name in enumerate(pre) if not name.endswith("k_proj.bias")]
+    assert len(rows) == len(pre) - clip.config.vision_config.num_hidden_layers
+    torch.testing.assert_close(ours.T[:, rows], expected[:, rows], rtol=0, atol=1e-6)
