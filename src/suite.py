@@ -23,7 +23,7 @@ from torch import nn
 from src import heads as heads_lib
 from src import hf_clip
 from src.checkpoints import CheckpointSet, StateDict, load_head, load_state_dict
-from src.datasets import TaskData, get_task
+from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached
 from src.eval import evaluate
 from src.files import CACHE_DIR, display_path, sha256
@@ -126,7 +126,8 @@ class OpenClipSuite(Suite):
 
     @property
     def data_source(self) -> str:
-        return "demo" if self.family == "demo" else "folders"
+        # The demo tasks are generated, never read from files, whichever checkpoints are evaluated on them.
+        return "demo" if set(self.tasks) <= set(known_tasks("demo")) else "folders"
 
     def new_encoder(self) -> ImageEncoder:
         encoder = ImageEncoder(self.model)

@@ -87,3 +87,18 @@ def test_committed_provenance_names_checkpoints_relative_to_the_repo_so_any_clon
     committed = json.loads((REPO / "results" / "demo" / "zeroshot.json").read_text())["checkpoint_sha256"]
     assert committed == suite.checkpoint_hashes()
     assert all(not key.startswith("/") for key in committed)
+
+
+def test_demo_checkpoints_copied_elsewhere_still_evaluate_the_generated_demo_tasks(tmp_path):
+    import shutil
+    shutil.copytree(REPO / "checkpoints" / "demo", tmp_path / "demo")
+    args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--model", "demo", "--tasks", "Colors"])
+    suite = cli.open_suite(args)
+    assert suite.family == "task_vectors" and suite.data_source == "demo"
+    assert suite.task_data("Colors").classnames[:2] == ["red", "green"]
+
+
+def test_route_hf_without_hf_checkpoints_is_an_error_not_the_demo(tmp_path):
+    args = cli.parse_args("d", {}, ["--route", "hf", "--tasks", "MNIST"])
+    with pytest.raises(CheckpointError, match="python -m src.download --route hf"):
+        cli.open_suite(args)
