@@ -358,10 +358,10 @@ def hf_folder(root: Path, repo_id: str) -> Path:
     if plain.exists():
         return plain
     repo = root / ("models--" + repo_id.replace("/", "--"))
-    main = repo / "refs" / "main"
-    if main.is_file() and (repo / "snapshots" / main.read_text().strip()).is_dir():
-        return repo / "snapshots" / main.read_text().strip()
     snapshots = repo / "snapshots"
+    main = repo / "refs" / "main"
+    if main.is_file() and (snapshots / main.read_text().strip()).is_dir():
+        return snapshots / main.read_text().strip()
     if snapshots.is_dir():
         revisions = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
         if revisions:
