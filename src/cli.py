@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from src.checkpoints import CheckpointError, find_checkpoints
-from src.datasets import TASK_LISTS
+from src.datasets import TASK_LISTS, parse_tasks
 from src.demo.tasks import TASK_NAMES as DEMO_TASKS
 from src.eval import default_device
 from src.files import REPO
@@ -55,8 +55,8 @@ def parse_args(description: str, hyperparameters: Mapping[str, object], argv: li
                       help="dataset root: the task_vectors layout, or on the hf route copies of the Hugging Face "
                            "dataset repositories (<data>/<org>/<name>/); datasets not found there are read from the "
                            "Hugging Face datasets cache")
-    runs.add_argument("--tasks", default="TA8", help=f"a task list ({', '.join(TASK_LISTS)}) or comma-separated "
-                                                     "task names")
+    runs.add_argument("--tasks", default=None, help=f"a task list ({', '.join(TASK_LISTS)}) or comma-separated "
+                                                     "task names [default: TA8; the demo tasks for --model demo]")
     runs.add_argument("--route", choices=ROUTES, default="auto",
                       help="checkpoint route: 'task_vectors' (open_clip checkpoints, data folders), 'hf' "
                            "(FusionBench's Hugging Face checkpoints and datasets) or 'auto' (whichever is present; "
@@ -95,8 +95,11 @@ def apply_preset(args: argparse.Namespace, values: Mapping[str, object]) -> None
             args.hyperparameters[name.upper()] = value
 
 
-def task_list(spec: str) -> list[str]:
-    return list(TASK_LISTS[spec]) if spec in TASK_LISTS else [t.strip() for t in spec.split(",") if t.strip()]
+def task_list(spec: str | None, model: str = "ViT-B-32") -> list[str]:
+    """The tasks `--tasks` names; by default TA8, or the eight demo tasks for the demo CLIP."""
+    if spec is None:
+        return list(DEMO_TASKS) if model == DEMO_MODEL else list(TASK_LISTS["TA8"])
+    return parse_tasks(spec)
 
 
 def open_suite(args: argparse.Namespace) -> Suite:
@@ -104,12 +107,12 @@ def open_suite(args: argparse.Namespace) -> Suite:
     if not args.demo:
         root = args.checkpoints or DEFAULT_CHECKPOINTS
         try:
-            return _suite(args, root, args.model, task_list(args.tasks))
+            return _suite(args, root, args.model, task_list(args.tasks, args.model))
         except CheckpointError:
             if args.checkpoints is not None or args.route != "auto":
                 raise
             print(DEMO_BANNER.format(missing=Path(root) / args.model), file=sys.stderr)
-    asked = task_list(args.tasks)
+    asked = task_list(args.tasks, DEMO_MODEL)
     return _suite(args, DEFAULT_CHECKPOINTS, DEMO_MODEL, asked if set(asked) <= set(DEMO_TASKS) else DEMO_TASKS)
 
 

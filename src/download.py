@@ -23,7 +23,7 @@ from typing import Callable
 
 from src import hf_clip
 from src.checkpoints import FUSIONBENCH_TASKS, hf_folder, hub_cache
-from src.datasets import TASK_LISTS
+from src.datasets import TASK_LISTS, parse_tasks
 from src.datasets.huggingface import HF_SPECS_BY_NAME, HFSpec, standard_cache
 from src.files import REPO
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="hf route: a datasets-cache folder to download into [the standard datasets cache]")
     args = parser.parse_args(argv)
-    tasks = TASK_LISTS.get(args.tasks) or [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = parse_tasks(args.tasks)
     unknown = [t for t in tasks if t not in HF_SPECS_BY_NAME]
     if unknown:
         parser.error(f"unknown tasks {unknown}; known: {', '.join(HF_SPECS_BY_NAME)}")

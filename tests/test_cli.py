@@ -92,9 +92,10 @@ def test_committed_provenance_names_checkpoints_relative_to_the_repo_so_any_clon
 def test_demo_checkpoints_copied_elsewhere_still_evaluate_the_generated_demo_tasks(tmp_path):
     import shutil
     shutil.copytree(REPO / "checkpoints" / "demo", tmp_path / "demo")
-    args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--model", "demo", "--tasks", "Colors"])
+    args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--model", "demo"])
     suite = cli.open_suite(args)
     assert suite.family == "task_vectors" and suite.data_source == "demo"
+    assert suite.tasks == cli.DEMO_TASKS  # the demo CLIP's default tasks are its own eight, not TA8
     assert suite.task_data("Colors").classnames[:2] == ["red", "green"]
 
 

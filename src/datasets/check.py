@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.datasets import TASK_LISTS, get_task
+from src.datasets import TASK_LISTS, get_task, parse_tasks
 from src.datasets.huggingface import DOWNLOAD_HINT, HF_SPECS_BY_NAME
 from src.datasets.readers import DatasetError, MissingFiles
 from src.datasets.tasks import GETTING_DATA, SPECS_BY_NAME
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.source == "folders" and args.data is None:
         parser.error("--data is required with --source folders")
-    tasks = TASK_LISTS.get(args.tasks) or [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = parse_tasks(args.tasks)
     unknown = [t for t in tasks if t not in SPECS_BY_NAME]
     if unknown:
         parser.error(f"unknown tasks {unknown}; known: {', '.join(SPECS_BY_NAME)}")
