@@ -40,7 +40,7 @@ from src.files import atomic_write, sha256, write_text
 
 StateDict = dict[str, torch.Tensor]
 GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
-# Our task names -> FusionBench's (the suffix of tanganke/clip-vit-*_<task>), algorithms.md §6.1.
+# Our task names -> FusionBench's (the suffix of tanganke/clip-vit-*_<task>), docs/data.md.
 FUSIONBENCH_TASKS = {
     "SUN397": "sun397", "Cars": "stanford-cars", "RESISC45": "resisc45", "EuroSAT": "eurosat", "SVHN": "svhn",
     "GTSRB": "gtsrb", "MNIST": "mnist", "DTD": "dtd", "Flowers102": "oxford_flowers102", "PCAM": "pcam",

@@ -1,4 +1,4 @@
-"""Zero-shot classification heads from class names and prompt templates (algorithms.md §6.4).
+"""Zero-shot classification heads from class names and prompt templates (docs/data.md, "Zero-shot heads").
 
 For each class (in label order), every template is filled in, tokenized and encoded by the pretrained text tower;
 each embedding is L2-normalised, the embeddings are averaged over templates and normalised again. The stacked

@@ -1,4 +1,4 @@
-"""Results: one CSV table per run plus a provenance sidecar (SPEC §7), both written atomically.
+"""Results: one CSV table per run plus a provenance sidecar (README, "Results files"), both written atomically.
 
 A table has one row per task and an `avg` row: absolute top-1 accuracy, normalized accuracy, the individual
 (fine-tuned) accuracy it is normalized by, and the published number with Δ where `results/paper_tables.csv` has

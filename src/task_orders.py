@@ -1,4 +1,4 @@
-"""Seeded random task orders for continual merging (algorithms.md §5.1).
+"""Seeded random task orders for continual merging (docs/methods.md, "OPCM").
 
 The reference shuffles its model list once per run with Python's `random.shuffle`, after `L.seed_everything(seed)`
 (which calls `random.seed(seed)`) when a seed is given; the paper's 10 runs per configuration used no seed, so their

@@ -1,4 +1,4 @@
-"""Task vectors on state dicts: τ_k = θ_k − θ₀ (Ilharco et al., 2023; algorithms.md §1.1).
+"""Task vectors on state dicts: τ_k = θ_k − θ₀ (Ilharco et al., 2023; docs/methods.md).
 
 Integer tensors (position ids and the like) have no task vector, as in the reference, which skips int64 and uint8
 keys: this module skips every non-floating-point key, a superset that changes nothing on real checkpoints.

@@ -1,6 +1,6 @@
 """Restricted unpickling: read task_vectors checkpoints without running anything from the file.
 
-task_vectors saved whole modules (`torch.save(image_encoder)`, algorithms.md §6.6): a `src.modeling.ImageEncoder`
+task_vectors saved whole modules (`torch.save(image_encoder)`, docs/checkpoints.md): a `src.modeling.ImageEncoder`
 holding an open_clip 2.0.2 CLIP, torchvision transforms and the function `open_clip.transform._convert_to_rgb`.
 Plain `pickle` would import those classes and call whatever the file names; `torch.load(weights_only=True)` refuses
 the file. Here every class or function the file references falls into one of three groups:
@@ -22,7 +22,7 @@ pickle.
 
 `module_state_dict` then rebuilds a state dict from the placeholders' `_parameters`, `_buffers` and `_modules`,
 in registration order, exactly as `nn.Module.state_dict` orders it (AdaMerging pairs coefficients with tensors by
-position, algorithms.md §3.1), skipping `None` entries and non-persistent buffers.
+position, docs/methods.md "AdaMerging"), skipping `None` entries and non-persistent buffers.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slow, literal formulations of the reference code (algorithms.md §1.2, §2, §4), the baselines that the streaming
+"""Slow, literal formulations of the reference code (docs/methods.md), the baselines that the streaming
 implementations in src/merging are checked against (tests) and timed against (bench/merge.py).
 
 They hold all K task vectors at once, as the reference does: TIES and Task Arithmetic as one K×d matrix of the

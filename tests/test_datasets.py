@@ -55,7 +55,7 @@ def test_class_names_taken_from_the_data(fixture_sizes):
 
 
 def test_reference_template_and_class_counts():
-    # algorithms.md §6.4: Cars 8, DTD 8, EuroSAT 3, GTSRB 3, MNIST 1, RESISC45 18, SUN397 2, SVHN 1
+    # docs/data.md: Cars 8, DTD 8, EuroSAT 3, GTSRB 3, MNIST 1, RESISC45 18, SUN397 2, SVHN 1
     assert {t: len(prompts.TEMPLATES[t]) for t in TA8} == {
         "SUN397": 2, "Cars": 8, "RESISC45": 18, "EuroSAT": 3, "SVHN": 1, "GTSRB": 3, "MNIST": 1, "DTD": 8}
     assert prompts.TEMPLATES["MNIST"] == ['a photo of the number: "{}".'] == prompts.TEMPLATES["SVHN"]

@@ -187,7 +187,7 @@ def test_merged_delta_norm_is_the_running_mean_task_vector_norm(merge_class_embe
 
 
 def _expected_second_step(pre, fts, alpha, merge_class_embedding=True, split_qkv=True):
-    """θ̄_2 from the formulas of algorithms.md §5.2 with the independent full-SVD projection."""
+    """θ̄_2 from the formulas of docs/methods.md with the independent full-SVD projection."""
     tau1 = {k: fts[0][k] - pre[k] for k in _float_keys(pre)}
     tau2 = {k: fts[1][k] - pre[k] for k in _float_keys(pre)}
     unscaled = {}

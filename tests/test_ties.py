@@ -42,7 +42,7 @@ def test_k_as_percent_or_fraction(percent, fraction, kept):
 
 
 def test_k_index_matches_python_float_arithmetic():
-    d = 113_448_705  # ViT-B/32 ImageEncoder incl. the text leftovers (algorithms.md §2.2)
+    d = 113_448_705  # ViT-B/32 ImageEncoder incl. the text leftovers (docs/methods.md)
     assert kth_index(d, 20) == d - 22_689_741 == kth_index(d, 0.2)
     assert kth_index(10, 1.5) == 10  # 1.5 means 1.5 %: int(0.15) = 0 entries, only the largest and its ties
 

@@ -1,4 +1,4 @@
-"""Class names and zero-shot prompt templates of the 20 tasks (algorithms.md §6.4).
+"""Class names and zero-shot prompt templates of the 20 tasks (docs/data.md, "Class names and templates").
 
 Templates are `str.format` patterns with one `{}` for the class name. For the eight TA8 tasks they are those of
 task_vectors' `src/datasets/templates.py` (also used by AdaMerging, EMR-Merging and FusionBench); for the twelve

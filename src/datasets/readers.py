@@ -1,6 +1,6 @@
 """Readers for the on-disk formats of the 20 datasets: each returns `Samples` (raw images + labels + source files).
 
-The files are those torchvision downloads (or the task_vectors/AdaMerging layout, algorithms.md §6.5), and
+The files are those torchvision downloads (or the task_vectors/AdaMerging layout, docs/data.md), and
 torchvision's own parsing is used where it exposes it (ImageFolder class discovery and file listing, MNIST-style
 idx files). torchvision's dataset classes themselves are not instantiated: several (SVHN, CIFAR, STL-10,
 Flowers-102, FER-2013) refuse any file whose md5 differs from the official archive, which rejects re-packed

@@ -1,4 +1,4 @@
-"""The 20 real tasks (TA8, TALL14, TALL20; algorithms.md §6.1), registered in `src.datasets`, with their expected
+"""The 20 real tasks (TA8, TALL14, TALL20; docs/data.md), registered in `src.datasets`, with their expected
 test-split sizes (§6.2) and where each dataset comes from.
 
 Every task reads its files under the data root (`--data`) in the task_vectors / AdaMerging layout (§6.5) for the

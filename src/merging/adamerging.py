@@ -1,7 +1,7 @@
 """AdaMerging (Yang et al., ICLR 2024): merging coefficients learned by entropy minimisation on unlabeled test images.
 
 Layer-wise: θ^l = θ₀^l + Σ_k clamp(λ_k^l, 0, 1)·τ_k^l, one coefficient λ_k^l per state-dict tensor l and task k
-(algorithms.md §3.1–3.3). Task-wise: one λ_k per task, shared by every tensor (§3.5). AdaMerging++ is the same with
+(docs/methods.md, "AdaMerging"). Task-wise: one λ_k per task, shared by every tensor. AdaMerging++ is the same with
 the TIES-selected task vectors (trimmed, sign-elected, zero elsewhere; §3.4) in place of τ_k: every function here
 takes any list of task vectors, so ++ is a choice of input, not a separate code path.
 

@@ -1,4 +1,4 @@
-"""Continual merging baselines of the OPCM paper (algorithms.md §5.5), with OPCM's `.add` / `.state_dict` interface.
+"""Continual merging baselines of the OPCM paper (docs/methods.md, "Continual baselines"), with OPCM's `.add` / `.state_dict` interface.
 
 Models arrive one at a time; θ₀ is the pretrained model, τ_t = θ_t − θ₀. Integer keys keep θ₀'s value.
 
@@ -8,7 +8,7 @@ Models arrive one at a time; θ₀ is the pretrained model, τ_t = θ_t − θ�
 - `ContinualTIES`: θ̄_1 = θ₀ + λ·τ_1 (τ_1 neither trimmed nor sign-elected), then
   θ̄_t = θ̄_{t−1} + λ·TIES([θ̄_{t−1} − θ₀; τ_t]) with TIES the disjoint sum of the two rows' selected entries (top k %,
   elected sign). As in the reference, the previous merged delta is both a TIES input and kept in the model: the
-  result is added to the merge, not put in its place (algorithms.md §5.5, §8).
+  result is added to the merge, not put in its place (docs/methods.md).
 - `ContinualWeightAverage`: θ̄_1 = θ_1, θ̄_t = ((t−1)·θ̄_{t−1} + θ_t)/t, the running simple average.
 """
 from __future__ import annotations

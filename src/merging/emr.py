@@ -1,4 +1,4 @@
-"""EMR-Merging (Huang et al., 2024): elect, mask, rescale (algorithms.md §4; [EMR] `merge_vit/src/main_emr_merging.py`).
+"""EMR-Merging (Huang et al., 2024): elect, mask, rescale (docs/methods.md; EMR_Merging `merge_vit/src/main_emr_merging.py`).
 
 For every floating-point tensor n of the state dict (integer keys keep θ₀), with τ_k = θ_k − θ₀:
 
@@ -9,7 +9,7 @@ For every floating-point tensor n of the state dict (integer keys keep θ₀), w
    r_k = Σ_n mean|τ_k^n| / Σ_n mean|M_k^n ⊙ τ_uni^n|, accumulated in float32 in state-dict key order.
 4. Task k's model: θ̂_k = θ₀ + (τ_uni ⊙ M_k)·r_k. There is no λ.
 
-Reference choices reproduced by default (algorithms.md §8.6):
+Reference choices reproduced by default (docs/methods.md, "EMR-Merging"):
 - the rescaler sums per-tensor means, so every tensor counts equally whatever its size; `global_rescaler=True`
   gives the corrected variant, the ratio of whole-model L1 norms Σ|τ_k| / Σ|M_k ⊙ τ_uni| (float64 sums);
 - an exact-zero mean elects −1. This only decides which tasks count as agreeing where the task vectors cancel

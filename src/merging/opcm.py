@@ -1,4 +1,4 @@
-"""OPCM: continual merging by orthogonal projection and adaptive rescaling (Tang et al., 2025; algorithms.md §5).
+"""OPCM: continual merging by orthogonal projection and adaptive rescaling (Tang et al., 2025; docs/methods.md, "OPCM").
 
 Models arrive one at a time in an order π. With θ₀ the pretrained model, τ_t = θ_{π_t} − θ₀ and ‖·‖ the L2 norm of
 the whole flattened task vector (all floating-point keys together, not per tensor):
@@ -24,7 +24,7 @@ of its own third of Δ, as the reference does on the separate q, k, v projection
 stored. Biases, LayerNorms, `conv1`, `class_embedding`, positional embeddings and the text-side leftovers of
 task_vectors checkpoints are added plainly; integer keys keep θ₀'s value and count in no norm.
 
-Reference quirks (algorithms.md §5.4, §8.1–8.2), reproduced by default:
+Reference quirks, reproduced by default:
 - `zero_diagonal=False`: the paper-era code's diagonal removal (`P.diag().fill_(0)`) zeroes a copy, a no-op.
   `zero_diagonal=True` is FusionBench's later fix (`P.diagonal().fill_(0)`), which also removes τ's component along
   every u_i v_iᵀ with i ≥ r.

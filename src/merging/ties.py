@@ -1,4 +1,4 @@
-"""TIES-Merging (Yadav et al., 2023) as the CLIP ViT scripts of AdaMerging/EMR-Merging run it (algorithms.md §2).
+"""TIES-Merging (Yadav et al., 2023) as the CLIP ViT scripts of AdaMerging/EMR-Merging run it (docs/methods.md, "TIES-Merging").
 
 With τ_k = θ_k − θ₀ over every floating-point key of the state dict (integer keys keep θ₀):
 
@@ -11,7 +11,7 @@ With τ_k = θ_k − θ₀ over every floating-point key of the state dict (inte
    "max" max_k |s_k| · γ.
 4. θ = θ₀ + λ·τ_m.
 
-Reference quirks reproduced by default (algorithms.md §8.3, §8.4):
+Reference quirks reproduced by default:
 - the threshold counts every float entry of the given state dict, so on task_vectors checkpoints the ~25.6 M
   always-zero text-side entries count toward d and "20 %" keeps ≈ 25.8 % of ViT-B/32's vision weights.
   `vision_only_k=True` is the corrected variant: t_k is taken over the image tower's entries only
@@ -30,7 +30,7 @@ cancellations, rare) are remembered and finished after the last tensor, once the
 
 Numerics: float32 throughout; sums over tasks are accumulated left to right in task order, which is the order
 PyTorch uses for the reference's column sums except in the last (d mod 32) columns of its flattened vector, where
-it may differ in the last bit (algorithms.md §2.5); the majority sign is counted exactly in integers.
+it may differ in the last bit; the majority sign is counted exactly in integers.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], k: float
 def ties_selected_vectors(pretrained: StateDict, finetuned: Sequence[StateDict], k: float = 20,
                           vision_only_k: bool = False) -> list[StateDict]:
     """Per task the selected entries s_k = τ̂_k ⊙ [sign(τ̂_k) = γ], zero elsewhere (the reference's
-    `ties_merging_split`, which AdaMerging++ uses in place of τ_k; algorithms.md §3.4).
+    `ties_merging_split`, which AdaMerging++ uses in place of τ_k).
 
     Returns K state dicts with every floating-point key of `pretrained`, in state-dict order.
     """
