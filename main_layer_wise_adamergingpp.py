@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from src.cli import Run, apply_preset, parse_args
 from src.hf_clip import FAMILY as HF_FAMILY
 from src.merging import AdaMerging, layer_wise_merge
-from src.merging.adamerging import PRESETS, SAMPLINGS, BatchStream, load_coefficients, save_coefficients, seeded_batches
+from src.merging.adamerging import (FUSIONBENCH, SAMPLINGS, BatchStream, load_coefficients, save_coefficients,
+                                   seeded_batches)
 from src.merging.ties import ties_selected_vectors
 from src.plots import coefficient_heatmap, training_curves
 from src.task_vectors import task_vector, vector_keys
@@ -51,16 +52,16 @@ def main(argv: list[str] | None = None) -> None:
                                 "VECTOR_DTYPE": VECTOR_DTYPE, "SEED": SEED, "COEFFICIENTS": COEFFICIENTS}, argv)
     if args.variant not in METHOD_NAMES:
         raise ValueError(f"--variant {args.variant}: expected one of {', '.join(METHOD_NAMES)}")
-    if args.preset not in ("auto", *PRESETS):
-        raise ValueError(f"--preset {args.preset}: expected auto, {' or '.join(PRESETS)}")
+    if args.preset not in ("auto", "reference", "fusionbench"):
+        raise ValueError(f"--preset {args.preset}: expected auto, reference or fusionbench")
     if args.sampling not in SAMPLINGS:
         raise ValueError(f"--sampling {args.sampling}: expected one of {', '.join(SAMPLINGS)}")
     method = METHOD_NAMES[args.variant]
     run = Run(args)
     preset = args.preset if args.preset != "auto" else \
         "fusionbench" if run.suite.family == HF_FAMILY else "reference"
-    if preset != "reference":
-        apply_preset(args, PRESETS[preset])
+    if preset == "fusionbench":
+        apply_preset(args, FUSIONBENCH)
     suite, tasks = run.suite, run.suite.tasks
     pretrained, finetuned = suite.pretrained, suite.all_finetuned()
     vectors = (ties_selected_vectors(pretrained, finetuned, k=args.ties_k) if args.variant.endswith("_pp")

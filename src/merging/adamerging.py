@@ -2,7 +2,7 @@
 
 Layer-wise: θ^l = θ₀^l + Σ_k clamp(λ_k^l, 0, 1)·τ_k^l, one coefficient λ_k^l per state-dict tensor l and task k
 (docs/methods.md, "AdaMerging"). Task-wise: one λ_k per task, shared by every tensor. AdaMerging++ is the same with
-the TIES-selected task vectors (trimmed, sign-elected, zero elsewhere; §3.4) in place of τ_k: every function here
+the TIES-selected task vectors (trimmed, sign-elected, zero elsewhere) in place of τ_k: every function here
 takes any list of task vectors, so ++ is a choice of input, not a separate code path.
 
 Objective of one optimiser step, over the tasks k and the unlabeled test batches B_{k,b} of each task:
@@ -38,8 +38,9 @@ How it computes (same objective and update, different machinery):
 
 Batches: the reference draws the first `batches_per_task` batches of a fresh shuffle of each test set at every step
 (`seeded_batches`); FusionBench draws the next batch of an endless shuffled loader, reshuffled at each pass
-(`BatchStream`). `PRESETS` holds the two codebases' settings; on Hugging Face checkpoints FusionBench's also learns
-one coefficient per q, k and v projection (199 rows on ViT-B/32), because its tensors are separate there.
+(`BatchStream`). `FUSIONBENCH` holds FusionBench's settings (the reference's are the defaults here); on Hugging Face
+checkpoints FusionBench also learns one coefficient per q, k and v projection (199 rows on ViT-B/32), because its
+tensors are separate there.
 """
 from __future__ import annotations
 
@@ -60,12 +61,9 @@ GRANULARITIES = ("layer", "task")
 TASK_WISE_ROW = "*"  # the CSV row name of a task-wise coefficient vector: it applies to every tensor
 
 
-# The two codebases' adaptation settings (docs/hf_route.md): the AdaMerging repository's scripts, and
-# FusionBench's config/method/adamerging/clip.yaml with its entropy_loss.
-PRESETS = {
-    "reference": {"steps": 500, "batches_per_task": 2, "clamp": True, "entropy_eps": 0.0, "sampling": "fresh"},
-    "fusionbench": {"steps": 1000, "batches_per_task": 1, "clamp": False, "entropy_eps": 1e-8, "sampling": "stream"},
-}
+# FusionBench's adaptation settings (config/method/adamerging/clip.yaml and its entropy_loss; docs/hf_route.md),
+# where they differ from the AdaMerging repository's, which are this module's and the script's defaults.
+FUSIONBENCH = {"steps": 1000, "batches_per_task": 1, "clamp": False, "entropy_eps": 1e-8, "sampling": "stream"}
 SAMPLINGS = ("fresh", "stream")
 
 
