@@ -6,7 +6,7 @@ Also evaluates the unified-vector-only ablation (θ₀ + τ_uni for every task) 
 (bit-packed masks) beside the results, reporting its size on disk. Writes results/<model>/emr_merging.csv and
 emr_merging_unified_only.csv (results/demo/ on the demo suite).
 """
-from src.cli import Run, parse_args
+from src.cli import Run, entry, parse_args
 from src.merging import emr_merging
 
 GLOBAL_RESCALER = False  # True: r_k from whole-model L1 norms instead of the reference's sum of per-tensor means
@@ -33,4 +33,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

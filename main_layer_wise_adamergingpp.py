@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from src.cli import Run, apply_preset, parse_args
+from src.cli import Range, Run, apply_preset, entry, parse_args
 from src.hf_clip import FAMILY as HF_FAMILY
 from src.merging import AdaMerging, layer_wise_merge
 from src.merging.adamerging import (FUSIONBENCH, SAMPLINGS, BatchStream, load_coefficients, save_coefficients,
@@ -49,13 +49,12 @@ def main(argv: list[str] | None = None) -> None:
                                 "ADAPT_BATCH_SIZE": ADAPT_BATCH_SIZE, "BATCHES_PER_TASK": BATCHES_PER_TASK,
                                 "CLAMP": CLAMP, "ENTROPY_EPS": ENTROPY_EPS, "SAMPLING": SAMPLING,
                                 "TIES_K": TIES_K, "EVAL_EVERY": EVAL_EVERY,
-                                "VECTOR_DTYPE": VECTOR_DTYPE, "SEED": SEED, "COEFFICIENTS": COEFFICIENTS}, argv)
-    if args.variant not in METHOD_NAMES:
-        raise ValueError(f"--variant {args.variant}: expected one of {', '.join(METHOD_NAMES)}")
-    if args.preset not in ("auto", "reference", "fusionbench"):
-        raise ValueError(f"--preset {args.preset}: expected auto, reference or fusionbench")
-    if args.sampling not in SAMPLINGS:
-        raise ValueError(f"--sampling {args.sampling}: expected one of {', '.join(SAMPLINGS)}")
+                                "VECTOR_DTYPE": VECTOR_DTYPE, "SEED": SEED, "COEFFICIENTS": COEFFICIENTS}, argv,
+                      rules={"VARIANT": list(METHOD_NAMES), "PRESET": ("auto", "reference", "fusionbench"),
+                             "SAMPLING": SAMPLINGS, "VECTOR_DTYPE": ("", "float32", "bfloat16", "float16"),
+                             "STEPS": Range(0), "LR": Range(0, lo_open=True), "ADAPT_BATCH_SIZE": Range(1),
+                             "BATCHES_PER_TASK": Range(1), "ENTROPY_EPS": Range(0), "TIES_K": Range(0, 100, True),
+                             "EVAL_EVERY": Range(0)})
     method = METHOD_NAMES[args.variant]
     run = Run(args)
     preset = args.preset if args.preset != "auto" else \
@@ -128,4 +127,4 @@ def adapt(args, suite, pretrained, vectors, granularity, evaluate, init):
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -11,14 +11,16 @@ checkpoints present, `--route auto` takes FusionBench's Hugging Face ones, which
 import pandas as pd
 from tqdm.auto import tqdm
 
-from src.cli import Run, parse_args
+from src.cli import Range, Run, entry, parse_args
 from src.merging import OPCM, ContinualTaskArithmetic, ContinualTIES, ContinualWeightAverage
 from src.plots import continual_curves
 from src.task_orders import task_orders
 
-METHOD = "opcm,continual_ta,continual_ties,continual_avg"  # comma-separated
+METHODS = ("opcm", "continual_ta", "continual_ties", "continual_avg")
+METHOD = ",".join(METHODS)  # comma-separated, any of METHODS
 ALPHA = 0.5  # OPCM's split threshold on the cumulative singular-value share
 ZERO_DIAGONAL = False  # True: FusionBench's later fix; False reproduces the paper-era no-op diagonal removal
+CLASS_EMBEDDING_CHOICES = {"auto": None, "yes": True, "no": False}
 MERGE_CLASS_EMBEDDING = "auto"  # "yes", "no", or "auto": merge it except on HF checkpoints, as the reference
 TA_SCALING_COEF = 0.0  # λ of continual TA and TIES; 0 = the reference's choice: 0.3 for ≤ 8 tasks, 0.1 beyond
 TIES_K = 20.0  # percent kept by continual TIES
@@ -28,24 +30,28 @@ SEED = 0
 
 def merger(method: str, pretrained, args, num_tasks: int):
     coef = args.ta_scaling_coef or (0.3 if num_tasks <= 8 else 0.1)
-    if method == "opcm":
-        choice = {"auto": None, "yes": True, "no": False}.get(args.merge_class_embedding, "invalid")
-        if choice == "invalid":
-            raise ValueError(f"--merge-class-embedding {args.merge_class_embedding}: expected auto, yes or no")
-        return OPCM(pretrained, alpha=args.alpha, zero_diagonal=args.zero_diagonal, merge_class_embedding=choice)
-    if method == "continual_ta":
-        return ContinualTaskArithmetic(pretrained, scaling_coef=coef)
-    if method == "continual_ties":
-        return ContinualTIES(pretrained, k=args.ties_k, scaling_coef=coef)
-    if method == "continual_avg":
-        return ContinualWeightAverage(pretrained)
-    raise ValueError(f"--method: unknown method '{method}'; choose from {METHOD}")
+    make = {
+        "opcm": lambda: OPCM(pretrained, alpha=args.alpha, zero_diagonal=args.zero_diagonal,
+                             merge_class_embedding=CLASS_EMBEDDING_CHOICES[args.merge_class_embedding]),
+        "continual_ta": lambda: ContinualTaskArithmetic(pretrained, scaling_coef=coef),
+        "continual_ties": lambda: ContinualTIES(pretrained, k=args.ties_k, scaling_coef=coef),
+        "continual_avg": lambda: ContinualWeightAverage(pretrained),
+    }
+    return make[method]()
+
+
+def _unknown_methods(spec: str) -> str | None:
+    unknown = [m for m in (part.strip() for part in spec.split(",")) if m not in METHODS]
+    return f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}" if unknown or not spec.strip() else None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"METHOD": METHOD, "ALPHA": ALPHA, "ZERO_DIAGONAL": ZERO_DIAGONAL,
                                 "MERGE_CLASS_EMBEDDING": MERGE_CLASS_EMBEDDING, "TA_SCALING_COEF": TA_SCALING_COEF,
-                                "TIES_K": TIES_K, "NUM_ORDERS": NUM_ORDERS, "SEED": SEED}, argv, prefer_route="hf")
+                                "TIES_K": TIES_K, "NUM_ORDERS": NUM_ORDERS, "SEED": SEED}, argv, prefer_route="hf",
+                      rules={"METHOD": _unknown_methods, "ALPHA": Range(0, 1),
+                             "MERGE_CLASS_EMBEDDING": list(CLASS_EMBEDDING_CHOICES), "TA_SCALING_COEF": Range(0),
+                             "TIES_K": Range(0, 100, lo_open=True), "NUM_ORDERS": Range(1)})
     run = Run(args)
     suite, methods = run.suite, [m.strip() for m in args.method.split(",")]
     orders = task_orders(suite.tasks, args.num_orders, args.seed)
@@ -74,4 +80,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

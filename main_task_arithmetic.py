@@ -4,7 +4,7 @@ Evaluates the zero-shot model, each fine-tuned model on its own task (individual
 writes results/<model>/{zeroshot,individual,task_arithmetic}.csv (results/demo/ on the demo suite).
 Edit the constants below or pass them as flags (`--scaling-coef 0.3`); `--help` lists everything.
 """
-from src.cli import Run, parse_args
+from src.cli import Run, entry, parse_args
 from src.merging import task_arithmetic
 
 SCALING_COEF = 0.3  # λ; the AdaMerging and EMR papers' Task Arithmetic rows use 0.3
@@ -18,4 +18,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -5,8 +5,9 @@ Defaults reproduce the 72.92 average (ViT-B/32, task_vectors checkpoints): K is 
 checkpoint, the zero text-side leftovers included, as the reference did; `--vision-only-k` counts only the image
 tower (the corrected variant). Writes results/<model>/ties_merging.csv (results/demo/ on the demo suite).
 """
-from src.cli import Run, parse_args
+from src.cli import Range, Run, entry, parse_args
 from src.merging import ties_merging
+from src.merging.ties import MERGE_FUNCS
 
 K = 20.0  # percent of each task vector kept (0.2 means the same)
 SCALING_COEF = 0.3  # λ; the AdaMerging logs' TIES row uses 0.3
@@ -16,7 +17,8 @@ VISION_ONLY_K = False  # True: the top-K threshold over model.visual.* only
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"K": K, "SCALING_COEF": SCALING_COEF, "MERGE_FUNC": MERGE_FUNC,
-                                "VISION_ONLY_K": VISION_ONLY_K}, argv)
+                                "VISION_ONLY_K": VISION_ONLY_K}, argv,
+                      rules={"K": Range(0, 100, lo_open=True), "MERGE_FUNC": MERGE_FUNCS})
     run = Run(args)
     merged = ties_merging(run.suite.pretrained, run.suite.all_finetuned(), k=args.k, scaling_coef=args.scaling_coef,
                           merge_func=args.merge_func, vision_only_k=args.vision_only_k)
@@ -24,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

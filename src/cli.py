@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 from src.checkpoints import CheckpointError, find_checkpoints
 from src.datasets import TASK_LISTS, parse_tasks
@@ -23,6 +25,8 @@ from src.results import (format_table, paper_numbers, provenance, read_results, 
 from src.suite import Suite, make_suite
 
 DEFAULT_CHECKPOINTS = REPO / "checkpoints"
+DEMO_ROOT = REPO / "checkpoints"  # where the bundled demo suite lives, whatever --checkpoints says
+MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", DEMO_MODEL)
 ROUTES = ("auto", "task_vectors", "hf")
 _FAMILY_OF_ROUTE = {"auto": None, "task_vectors": "task_vectors", "hf": "fusionbench_hf"}
 DEFAULT_DATA = REPO / "data"
@@ -36,18 +40,41 @@ DEMO_BANNER = """\
 =============================================================================================="""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric hyperparameter: lo ≤ x ≤ hi (lo < x when `lo_open`); None: unbounded."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def __str__(self) -> str:
+        low = "(-inf" if self.lo is None else f"{'(' if self.lo_open else '['}{self.lo:g}"
+        return f"{low}, {'inf)' if self.hi is None else f'{self.hi:g}]'}"
+
+    def admits(self, value: float) -> bool:
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        return above and (self.hi is None or value <= self.hi)
+
+
+Rule = Sequence | Range | Callable[[object], "str | None"]
+
+
 def parse_args(description: str, hyperparameters: Mapping[str, object], argv: list[str] | None = None,
                extra: Callable[[argparse.ArgumentParser], None] | None = None,
-               prefer_route: str = "task_vectors") -> argparse.Namespace:
+               prefer_route: str = "task_vectors", rules: Mapping[str, Rule] | None = None) -> argparse.Namespace:
     """Common flags plus one flag per hyperparameter (`SCALING_COEF` -> `--scaling-coef`, default = the constant).
 
-    `extra(parser)` may add script-specific flags that are not hyperparameters. `prefer_route` is the route
-    `--route auto` takes when both kinds of checkpoints are present (OPCM's paper used 'hf').
+    Every value is checked before any work starts: float hyperparameters must be finite, and `rules` adds, per
+    hyperparameter, its allowed choices (a sequence), its `Range`, or a function returning an error message (None
+    when the value is fine). `extra(parser)` may add script-specific flags that are not hyperparameters.
+    `prefer_route` is the route `--route auto` takes when both kinds of checkpoints are present (OPCM's paper used
+    'hf').
     """
+    rules = dict(rules or {})
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     runs = parser.add_argument_group("what to run on")
-    runs.add_argument("--model", default="ViT-B-32", help="ViT-B-32, ViT-B-16 or ViT-L-14")
+    runs.add_argument("--model", default="ViT-B-32", choices=MODELS)
     runs.add_argument("--checkpoints", type=Path, default=None,
                       help=f"checkpoint root holding <model>/zeroshot.pt etc. [default: {DEFAULT_CHECKPOINTS}, "
                            "falling back to the demo suite when it has none]")
@@ -62,29 +89,88 @@ def parse_args(description: str, hyperparameters: Mapping[str, object], argv: li
                            "(FusionBench's Hugging Face checkpoints and datasets) or 'auto' (whichever is present; "
                            f"{prefer_route} when both are)")
     runs.add_argument("--demo", action="store_true", help="run on the bundled demo suite even if real ones exist")
-    runs.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (the reference's 128)")
+    runs.add_argument("--batch-size", type=_positive_int, default=128,
+                      help="evaluation batch size (the reference's 128)")
     runs.add_argument("--device", default=None, help="cuda or cpu [default: cuda when available]")
     runs.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                       help="fp16 autocast for evaluation [default: on with CUDA; --no-amp gives the reference fp32]")
     runs.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="where results tables go")
     runs.add_argument("--reevaluate", action="store_true",
                       help="evaluate zero-shot and individual models again instead of reusing stored tables")
+    runs.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     method = parser.add_argument_group("hyperparameters (constants at the top of the script)")
     given = argparse.ArgumentParser(add_help=False)  # the same flags without defaults: which ones were given
     for name, default in hyperparameters.items():
         flag = "--" + name.lower().replace("_", "-")
+        rule = rules.get(name)
         for group, value in ((method, default), (given, argparse.SUPPRESS)):
             if isinstance(default, bool):
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-            else:
-                group.add_argument(flag, type=type(default), default=value)
+                continue
+            kind = _finite_float if isinstance(default, float) else type(default)
+            options = {}
+            if isinstance(rule, Range):
+                options = {"type": _bounded(kind, rule), "help": f"in {rule}"}
+            elif isinstance(rule, (list, tuple)):
+                options = {"choices": list(rule)}
+            group.add_argument(flag, **{"type": kind, "default": value, **options})
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
+    for name, rule in rules.items():
+        if callable(rule) and (problem := rule(getattr(args, name.lower()))):
+            parser.error(f"--{name.lower().replace('_', '-')} {getattr(args, name.lower())}: {problem}")
+    if args.tasks is not None:
+        from src.datasets import known_tasks
+        asked = parse_tasks(args.tasks)
+        known = set(known_tasks("folders")) | set(known_tasks("demo"))
+        unknown = [t for t in asked if t not in known]
+        if not asked or unknown:
+            parser.error(f"--tasks {args.tasks}: unknown task(s) {unknown or '(none given)'}; give "
+                         f"{', '.join(TASK_LISTS)} or names from: {', '.join(sorted(known))}")
     args.prefer_route = prefer_route
     args.given = set(vars(given.parse_known_args(argv)[0]))
     args.hyperparameters = {name: getattr(args, name.lower()) for name in hyperparameters}
     return args
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _bounded(kind: Callable[[str], float], allowed: Range) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not allowed.admits(value):
+            raise argparse.ArgumentTypeError(f"{text} is outside {allowed}")
+        return value
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def entry(main: Callable[[], None]) -> None:
+    """Run an entry script's `main` as a command: an error prints one line `error: <message>` and exits 1 (the
+    traceback only with --debug); Ctrl-C exits 130 with one line."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the one place every failure of a run is reported
+        if "--debug" in sys.argv[1:]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 def apply_preset(args: argparse.Namespace, values: Mapping[str, object]) -> None:
@@ -109,16 +195,18 @@ def open_suite(args: argparse.Namespace) -> Suite:
         try:
             return _suite(args, root, args.model, task_list(args.tasks, args.model))
         except CheckpointError:
-            if args.checkpoints is not None or args.route != "auto":
+            # Only an absent checkpoint folder means "no real checkpoints here"; an incomplete one is an error that
+            # lists what is missing.
+            if args.checkpoints is not None or args.route != "auto" or (Path(root) / args.model).exists():
                 raise
             print(DEMO_BANNER.format(missing=Path(root) / args.model), file=sys.stderr)
     asked = task_list(args.tasks, DEMO_MODEL)
-    return _suite(args, DEFAULT_CHECKPOINTS, DEMO_MODEL, asked if set(asked) <= set(DEMO_TASKS) else DEMO_TASKS)
+    return _suite(args, DEMO_ROOT, DEMO_MODEL, asked if set(asked) <= set(DEMO_TASKS) else DEMO_TASKS)
 
 
 def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
     # The bundled demo is labelled 'demo'; any other tree's family is the route's, or detected from its layout.
-    if model == DEMO_MODEL and Path(root) == DEFAULT_CHECKPOINTS:
+    if model == DEMO_MODEL and Path(root) == DEMO_ROOT:
         found = find_checkpoints(root, model, tasks, family="demo")
     else:
         found = find_checkpoints(root, model, tasks, family=_FAMILY_OF_ROUTE[args.route],
@@ -134,6 +222,10 @@ class Run:
     """One entry-script run: its suite, where its tables go, the reference rows, and reporting."""
 
     def __init__(self, args: argparse.Namespace, suite: Suite | None = None):
+        import torch
+        if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu or leave "
+                             "--device unset")
         self.args = args
         self.started = time.time()
         self.suite = suite or open_suite(args)

@@ -27,6 +27,7 @@ from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached
 from src.eval import evaluate
 from src.files import CACHE_DIR, display_path, sha256
+from src.task_vectors import require_finite
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
 
 
@@ -107,6 +108,7 @@ class Suite:
         out = {}
         for task in self.tasks if tasks is None else tasks:
             state_dict = weights(task) if callable(weights) else weights
+            require_finite(state_dict, f"{desc} {task}")
             self.load_encoder(state_dict)
             out[task] = evaluate(self.encoder, self.head(task), self.test_set(task), batch_size=self.batch_size,
                                  device=self.device, amp=self.amp, desc=f"{desc} {task}")

@@ -32,6 +32,14 @@ def image_tower_keys(keys: Iterable[str]) -> list[str]:
     return visual if visual else keys
 
 
+def require_finite(state_dict: StateDict, what: str) -> None:
+    """Raise naming the first floating-point tensor of `state_dict` that holds NaN or Inf: a merge or an adaptation
+    step that produced one is broken, and evaluating it would only print a table of chance accuracies."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"{what}: tensor '{key}' holds NaN or Inf values")
+
+
 def check_finetuned(pretrained: StateDict, finetuned: Sequence[StateDict], method: str) -> list[str]:
     """`vector_keys(pretrained)`, after checking that every fine-tuned state dict has each of them with the
     pretrained shape and dtype; the error names the model, the key and what was found."""

@@ -403,3 +403,12 @@ def test_layer_wise_on_a_clip_vision_model_follows_fusionbench():
     rows = [i for i, name in enumerate(pre) if not name.endswith("k_proj.bias")]
     assert len(rows) == len(pre) - clip.config.vision_config.num_hidden_layers
     torch.testing.assert_close(ours.T[:, rows], expected[:, rows], rtol=0, atol=1e-6)
+
+
+def test_a_step_with_non_finite_loss_stops_with_a_clear_error(demo):
+    heads = [ClassificationHead(True, torch.full((5, 64), float("nan"))) for _ in range(K)]
+    trainer = AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], heads)
+    before = trainer.coefficients().clone()
+    with pytest.raises(FloatingPointError, match="entropy loss is nan"):
+        trainer.step(_batches(demo, torch.Generator().manual_seed(0)))
+    assert torch.equal(trainer.coefficients(), before)  # refused before the optimiser touched λ

@@ -46,11 +46,6 @@ def test_adamerging_saved_coefficients_reproduce_the_final_merge(tmp_path):
     assert (out / "layer_wise_adamergingpp_coefficients.png").stat().st_size > 0
 
 
-def test_adamerging_rejects_an_unknown_variant(tmp_path):
-    with pytest.raises(ValueError, match="--variant"):
-        main_layer_wise_adamergingpp.main(TWO + ["--results", str(tmp_path), "--variant", "layerwise"])
-
-
 def test_opcm_script_evaluates_every_seen_task_after_every_step(tmp_path):
     main_opcm.main(TWO + ["--results", str(tmp_path), "--method", "opcm,continual_avg", "--num-orders", "2"])
     out = tmp_path / "demo"

@@ -1,1 +1,2 @@
-"""The offline demo suite: a tiny CLIP, eight procedurally generated tasks, fine-tuned encoders (README, "The demo suite")."""
+"""The offline demo suite: a tiny CLIP, eight procedurally generated tasks, fine-tuned encoders (README, "The demo
+suite")."""

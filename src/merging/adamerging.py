@@ -102,7 +102,8 @@ class BatchStream:
 
     def __init__(self, dataset_len: int, batch_size: int = 16, generator: torch.Generator | None = None):
         if dataset_len <= 0 or batch_size <= 0:
-            raise ValueError(f"BatchStream needs positive sizes, got dataset_len={dataset_len}, batch_size={batch_size}")
+            raise ValueError(f"BatchStream needs positive sizes, got dataset_len={dataset_len}, "
+                             f"batch_size={batch_size}")
         self.dataset_len, self.batch_size, self.generator = dataset_len, batch_size, generator
         self._pending: list[torch.Tensor] = []
 
@@ -247,9 +248,14 @@ class AdaMerging:
                 loss.backward()
                 total = total + loss.detach()
         used = [k for k in merged if leaves[k].grad is not None]
+        if not bool(torch.isfinite(total)):
+            raise FloatingPointError(f"AdaMerging: the entropy loss is {float(total)}; the merged model or a head "
+                                     "produced NaN/Inf logits (lower the learning rate, or check the inputs)")
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward([merged[k] for k in used], [leaves[k].grad for k in used])
         self.optimizer.step()
+        if not bool(torch.isfinite(self.raw).all()):
+            raise FloatingPointError("AdaMerging: an optimiser step made a coefficient NaN or Inf")
         return float(total)
 
     def save_coefficients(self, path_pt: str | Path, path_csv: str | Path, task_names: Sequence[str]) -> None:

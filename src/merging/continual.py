@@ -1,4 +1,5 @@
-"""Continual merging baselines of the OPCM paper (docs/methods.md, "Continual baselines"), with OPCM's `.add` / `.state_dict` interface.
+"""Continual merging baselines of the OPCM paper (docs/methods.md, "Continual baselines"), with OPCM's `.add` /
+`.state_dict` interface.
 
 Models arrive one at a time; θ₀ is the pretrained model, τ_t = θ_t − θ₀. Integer keys keep θ₀'s value.
 

@@ -1,4 +1,5 @@
-"""EMR-Merging (Huang et al., 2024): elect, mask, rescale (docs/methods.md; EMR_Merging `merge_vit/src/main_emr_merging.py`).
+"""EMR-Merging (Huang et al., 2024): elect, mask, rescale (docs/methods.md, "EMR-Merging";
+EMR_Merging `merge_vit/src/main_emr_merging.py`).
 
 For every floating-point tensor n of the state dict (integer keys keep θ₀), with τ_k = θ_k − θ₀:
 

@@ -1,7 +1,8 @@
 """Task Arithmetic (Ilharco et al., 2023): θ = θ₀ + λ·Σ_k τ_k.
 
-Bit-exact with the reference (docs/methods.md, "Task Arithmetic"): float32, the task vectors summed left to right in task order,
-the sum scaled by λ, θ₀ added last. Streams key by key, so only one tensor per model is in memory at a time.
+Bit-exact with the reference (docs/methods.md, "Task Arithmetic"): float32, the task vectors summed left to right in
+task order, the sum scaled by λ, θ₀ added last. Streams key by key, so only one tensor per model is in memory at a
+time.
 """
 from __future__ import annotations
 

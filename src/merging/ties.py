@@ -1,4 +1,5 @@
-"""TIES-Merging (Yadav et al., 2023) as the CLIP ViT scripts of AdaMerging/EMR-Merging run it (docs/methods.md, "TIES-Merging").
+"""TIES-Merging (Yadav et al., 2023) as the CLIP ViT scripts of AdaMerging/EMR-Merging run it (docs/methods.md,
+"TIES-Merging").
 
 With τ_k = θ_k − θ₀ over every floating-point key of the state dict (integer keys keep θ₀):
 

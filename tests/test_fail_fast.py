@@ -1,0 +1,97 @@
+"""Bad input fails before any work, in one line that names the flag, file or key: flags are checked when parsed,
+an incomplete checkpoint folder is listed rather than replaced by the demo, a merge that produced NaN or Inf is
+refused, and the scripts' command-line wrapper prints `error: …` instead of a traceback."""
+import sys
+
+import pytest
+import torch
+
+import main_layer_wise_adamergingpp
+import main_opcm
+import main_task_arithmetic
+import main_ties_merging
+from src import cli
+from src.checkpoints import CheckpointError
+
+
+@pytest.mark.parametrize("script, argv, names", [
+    (main_task_arithmetic, ["--scaling-coef", "nan"], ["--scaling-coef", "not a finite number"]),
+    (main_task_arithmetic, ["--scaling-coef", "inf"], ["--scaling-coef", "not a finite number"]),
+    (main_task_arithmetic, ["--tasks", "NotATask"], ["--tasks", "NotATask"]),
+    (main_task_arithmetic, ["--tasks", "Shapes,NotATask"], ["--tasks", "NotATask"]),
+    (main_task_arithmetic, ["--model", "ViT-X"], ["--model", "ViT-X"]),
+    (main_task_arithmetic, ["--batch-size", "0"], ["--batch-size", "not a positive integer"]),
+    (main_ties_merging, ["--k", "150"], ["--k", "outside (0, 100]"]),
+    (main_ties_merging, ["--k", "0"], ["--k", "outside (0, 100]"]),
+    (main_ties_merging, ["--merge-func", "x"], ["--merge-func", "invalid choice"]),
+    (main_layer_wise_adamergingpp, ["--variant", "layerwise"], ["--variant", "invalid choice"]),
+    (main_layer_wise_adamergingpp, ["--vector-dtype", "float99"], ["--vector-dtype", "invalid choice"]),
+    (main_layer_wise_adamergingpp, ["--steps", "-1"], ["--steps", "outside [0, inf)"]),
+    (main_opcm, ["--method", "opcm,x"], ["--method", "unknown method(s) ['x']"]),
+    (main_opcm, ["--alpha", "5"], ["--alpha", "outside [0, 1]"]),
+    (main_opcm, ["--merge-class-embedding", "maybe"], ["--merge-class-embedding", "invalid choice"]),
+])
+def test_bad_flags_stop_at_parsing(script, argv, names, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the flags were checked")
+    monkeypatch.setattr(cli, "open_suite", no_work)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert all(name in message for name in names), message
+
+
+def test_help_shows_defaults_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        main_ties_merging.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--merge-func {sum,mean,max}" in out and "in (0, 100]" in out and "(default: 20.0)" in out
+
+
+def test_cuda_asked_without_a_gpu_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = cli.parse_args("d", {}, ["--device", "cuda", "--demo"])
+    with pytest.raises(ValueError, match="--device cuda: no CUDA device is available here"):
+        cli.Run(args)
+
+
+def test_an_incomplete_checkpoint_folder_is_listed_not_replaced_by_the_demo(tmp_path, monkeypatch):
+    (tmp_path / "ViT-B-32" / "SUN397").mkdir(parents=True)
+    (tmp_path / "ViT-B-32" / "zeroshot.pt").write_bytes(b"")
+    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINTS", tmp_path)
+    args = cli.parse_args("d", {}, ["--tasks", "SUN397,Cars"])
+    with pytest.raises(CheckpointError) as info:
+        cli.open_suite(args)
+    assert "SUN397/finetuned.pt" in str(info.value) and "Cars/finetuned.pt" in str(info.value)
+    (tmp_path / "ViT-B-32").rename(tmp_path / "elsewhere")  # no folder at all: the demo, with its banner
+    assert cli.open_suite(args).family == "demo"
+
+
+def test_a_merge_with_nan_is_refused_naming_the_tensor():
+    suite = cli.open_suite(cli.parse_args("d", {}, ["--demo", "--tasks", "Colors", "--device", "cpu"]))
+    broken = dict(suite.pretrained)
+    broken["model.visual.ln_post.weight"] = broken["model.visual.ln_post.weight"] * float("nan")
+    with pytest.raises(FloatingPointError, match="merge Colors: tensor 'model.visual.ln_post.weight'"):
+        suite.evaluate(broken, "merge")
+
+
+def test_entry_prints_one_line_and_exit_codes(capsys, monkeypatch):
+    def failing():
+        raise CheckpointError("/x/zeroshot.pt", "file not found")
+    monkeypatch.setattr(sys, "argv", ["main_task_arithmetic.py"])
+    with pytest.raises(SystemExit) as info:
+        cli.entry(failing)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: /x/zeroshot.pt: file not found\n") and "Traceback" not in err
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as info:
+        cli.entry(interrupted)
+    assert info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+    monkeypatch.setattr(sys, "argv", ["main_task_arithmetic.py", "--debug"])
+    with pytest.raises(CheckpointError):
+        cli.entry(failing)
