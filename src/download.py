@@ -24,7 +24,7 @@ from typing import Callable
 from src import hf_clip
 from src.checkpoints import FUSIONBENCH_TASKS, hf_folder, hub_cache
 from src.datasets import TASK_LISTS, parse_tasks
-from src.datasets.huggingface import HF_SPECS_BY_NAME, HFSpec, standard_cache
+from src.datasets.huggingface import HF_SPECS_BY_NAME, HFSpec, cached_versions, standard_cache
 from src.files import REPO
 
 TASK_VECTORS_DRIVE = "https://drive.google.com/drive/folders/1u_Tva6x0p6oxu5Eo0ZZsf-520Cc_3MKw"
@@ -44,8 +44,7 @@ def checkpoint_repos(model: str, tasks: list[str]) -> dict[str, tuple[str, ...]]
 def _complete(folder: Path, pretrained: bool) -> bool:
     if not hf_clip.is_hf_folder(folder):
         return False
-    tokenizer = (folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in hf_clip.TOKENIZER_FILES)
-    return not pretrained or (tokenizer and (folder / hf_clip.PREPROCESSOR_FILE).is_file())
+    return not pretrained or (hf_clip.has_tokenizer(folder) and (folder / hf_clip.PREPROCESSOR_FILE).is_file())
 
 
 def _fetch_repo(repo_id: str, files: tuple[str, ...], cache_dir: Path) -> Path:
@@ -59,10 +58,6 @@ def _fetch_repo(repo_id: str, files: tuple[str, ...], cache_dir: Path) -> Path:
 def _fetch_dataset(spec: HFSpec, cache_dir: Path) -> None:
     import datasets
     datasets.load_dataset(spec.repo_id, spec.config, split=spec.split, cache_dir=str(cache_dir))
-
-
-def _dataset_present(spec: HFSpec, cache_dir: Path) -> bool:
-    return any((cache_dir / spec.cache_folder).glob(f"{spec.config or '*'}/*/*/dataset_info.json"))
 
 
 def _run(jobs: list[tuple[str, bool, Callable]], log) -> list[tuple[str, str]]:
@@ -94,8 +89,8 @@ def hf_jobs(model: str, tasks: list[str], checkpoints: Path | None, data: Path |
         cache = data or standard_cache()
         for task in tasks:
             spec = HF_SPECS_BY_NAME[task]
-            label = f"dataset {spec.repo_id}{f' ({spec.config})' if spec.config else ''} split '{spec.split}'"
-            jobs.append((label, _dataset_present(spec, cache), lambda spec=spec: _fetch_dataset(spec, cache)))
+            jobs.append((f"dataset {spec}", bool(cached_versions(spec, cache)),
+                         lambda spec=spec: _fetch_dataset(spec, cache)))
     return jobs
 
 

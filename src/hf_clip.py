@@ -174,12 +174,17 @@ def _require(folder: Path, names: tuple[str, ...], what: str) -> None:
                                 "folder with `python -m src.download --route hf --checkpoints-only`")
 
 
+def has_tokenizer(folder: Path) -> bool:
+    """Whether a pretrained folder holds a tokenizer: `tokenizer.json`, or the files a CLIP tokenizer is built from."""
+    return (folder / "tokenizer.json").is_file() or all((folder / n).is_file() for n in TOKENIZER_FILES)
+
+
 def text_tower(pretrained: str | os.PathLike):
     """(CLIPModel, tokenizer) of a pretrained CLIPModel folder, for building zero-shot heads (`src.heads`)."""
     from transformers import AutoTokenizer, CLIPModel
     folder = Path(pretrained)
     _require(folder, ("config.json",), "the text tower")
-    if not ((folder / "tokenizer.json").is_file() or all((folder / n).is_file() for n in TOKENIZER_FILES)):
+    if not has_tokenizer(folder):
         _require(folder, TOKENIZER_FILES, "the tokenizer of the zero-shot heads")
     model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
     return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -24,9 +24,7 @@ _SHOWN = 5
 
 def _how_to_get(task: str, source: str) -> str:
     if source == "hf":
-        spec = HF_SPECS_BY_NAME[task]
-        return f"{spec.repo_id}{f' ({spec.config})' if spec.config else ''}, split '{spec.split}': " + \
-            DOWNLOAD_HINT.format(task=task)
+        return f"{HF_SPECS_BY_NAME[task]}: " + DOWNLOAD_HINT.format(task=task)
     return SPECS_BY_NAME[task].source
 
 

@@ -46,6 +46,9 @@ class HFSpec:
     image: str = "image"
     label: str = "label"
 
+    def __str__(self) -> str:
+        return f"{self.repo_id}{f' ({self.config})' if self.config else ''} split '{self.split}'"
+
     @property
     def cache_folder(self) -> str:
         """The folder `datasets` prepares this dataset in, under its cache root."""
@@ -108,7 +111,7 @@ def locate(spec: HFSpec, location: Path | None) -> tuple[str, Path]:
         candidates += [("folder", location / spec.repo_id), ("cache", location)]
     candidates.append(("cache", standard_cache()))
     for kind, path in candidates:
-        if (kind == "folder" and path.is_dir()) or (kind == "cache" and _cached_versions(spec, path)):
+        if (kind == "folder" and path.is_dir()) or (kind == "cache" and cached_versions(spec, path)):
             return kind, path
     looked = [path if kind == "folder" else path / spec.cache_folder for kind, path in candidates]
     raise MissingFiles(looked, f"{spec.task}: the Hugging Face dataset {spec.repo_id} is not here; looked for\n  " +
@@ -116,7 +119,8 @@ def locate(spec: HFSpec, location: Path | None) -> tuple[str, Path]:
                        f"\nFetch it with `{DOWNLOAD_HINT.format(task=spec.task)}`.")
 
 
-def _cached_versions(spec: HFSpec, cache_root: Path) -> list[Path]:
+def cached_versions(spec: HFSpec, cache_root: Path) -> list[Path]:
+    """The prepared versions of `spec`'s dataset in a `datasets` cache root (their dataset_info.json files)."""
     config = spec.config or "*"
     return sorted((cache_root / spec.cache_folder).glob(f"{config}/*/*/dataset_info.json"))
 
