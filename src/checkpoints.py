@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file as _save_safetensors
 
 from src import hf_clip, unpickler
-from src.files import atomic_write, sha256, write_text
+from src.files import atomic_write, check_zip_archive, sha256, write_text
 
 StateDict = dict[str, torch.Tensor]
 GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
@@ -91,20 +91,43 @@ def load_state_dict(path: str | os.PathLike, *, like: StateDict | None = None, l
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """The file to read for `path`: its converted safetensors sibling when that is current, else `path` itself."""
+    """The file to read for `path`: its converted safetensors sibling when that is current, else `path` itself;
+    checked against the `SHA256SUMS` file `convert` wrote, when one above it lists it."""
     path = Path(path)
     sibling = converted_path(path)
     if sibling is None or not sibling.exists():
         if not path.exists():
             raise CheckpointError(path, "file not found")
-        return path
+        return verify_listed_sha256(path)
     if not path.exists():
-        return sibling
+        return verify_listed_sha256(sibling)
     recorded = _metadata(sibling).get(_SOURCE_SHA256)
     if recorded == sha256(path):
-        return sibling
+        return verify_listed_sha256(sibling)
+    verify_listed_sha256(path)
     warnings.warn(f"{sibling} was converted from another version of {path.name} (sha256 differs); reading "
                   f"{path} instead. Run `python -m src.checkpoints convert {path.parent}` to refresh it.", stacklevel=3)
+    return path
+
+
+def verify_listed_sha256(path: Path, levels: int = 3) -> Path:
+    """`path`, after comparing its sha256 with the entry of the nearest `SHA256SUMS` (in its folder or up to
+    `levels` folders above) that lists it; a file no such list names is returned unchecked."""
+    folder = path.resolve().parent
+    for _ in range(levels + 1):
+        listing = folder / "SHA256SUMS"
+        if listing.is_file():
+            name = path.resolve().relative_to(folder).as_posix()
+            for line in listing.read_text(errors="replace").splitlines():
+                digest, _, listed = line.partition("  ")
+                if listed.strip() == name:
+                    if sha256(path) != digest.strip():
+                        raise CheckpointError(path, f"sha256 differs from the one {listing} records: the file "
+                                                    "changed or is corrupt since it was converted; download it "
+                                                    "again, or rerun `python -m src.checkpoints convert` if the "
+                                                    "change is intended")
+                    return path
+        folder = folder.parent
     return path
 
 
@@ -114,7 +137,7 @@ def converted_path(path: Path) -> Path | None:
 
 def _read_hf(path: Path) -> StateDict:
     try:
-        return hf_clip.vision_state_dict(path)
+        return check_tensors(path, hf_clip.vision_state_dict(path))
     except hf_clip.HFCheckpointError as e:
         raise CheckpointError(path, str(e)) from None
     except (SafetensorError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
@@ -135,9 +158,14 @@ def _read(path: Path):
             return _read_safetensors(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(path, f"unreadable safetensors file (truncated or corrupt): {e}") from None
-    is_zip = zipfile.is_zipfile(path)
+    is_zip = head.startswith(b"PK\x03\x04")
     if not is_zip and not head.startswith(b"\x80"):
         raise CheckpointError(path, "not a checkpoint: neither a torch.save file nor a safetensors file")
+    if is_zip:
+        try:
+            check_zip_archive(path)
+        except ValueError as e:
+            raise CheckpointError(path, str(e)) from None
     try:
         if not is_zip and _TORCH_LEGACY_MAGIC not in head:
             # A plain `pickle.dump` of a module, which the AdaMerging README says some checkpoints need.
@@ -193,7 +221,21 @@ def _as_state_dict(path: Path, obj) -> StateDict:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(path, f"not a state dict: entries {bad[:_KEYS_SHOWN]} are not named tensors")
-    return dict(obj)
+    return check_tensors(path, dict(obj))
+
+
+def check_tensors(path: str | os.PathLike, state_dict: StateDict) -> StateDict:
+    """`state_dict`, unless it is empty or a tensor claims more elements than its storage holds: a broadcast view
+    (`torch.zeros(1).expand(20000, 20000)` is 1.6 kB on disk) would become gigabytes at the first computation on it,
+    and saved weights never are such views."""
+    if not state_dict:
+        raise CheckpointError(path, "holds no tensors (an empty state dict)")
+    for key, value in state_dict.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(path, f"tensor '{key}' of shape {tuple(value.shape)} is a view over "
+                                        f"{value.untyped_storage().nbytes()} bytes of storage (strides "
+                                        f"{value.stride()}); saved weights are never such views, so it is refused")
+    return state_dict
 
 
 def load_head(path: str | os.PathLike):

@@ -1,4 +1,4 @@
-"""Files: atomic writes and cached content hashes.
+"""Files: atomic writes, cached content hashes and integrity checks.
 
 Every file this repo writes goes through `atomic_write`, so an interrupted run never leaves a half-written
 checkpoint or results table behind: the content goes to a temporary file in the same directory, which is renamed
@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MERGEREPRO_CACHE", REPO / ".cache"))
@@ -48,22 +50,67 @@ def sha256(path: str | os.PathLike) -> str:
     """sha256 of a file (or of a folder's files, in sorted order), cached by path, size and mtime."""
     path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+    def digest_files() -> str:
+        digest = hashlib.sha256()
+        for p in files:
+            if path.is_dir():
+                digest.update(str(p.relative_to(path)).encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+    return _stamped(path, files, "sha256", digest_files)
+
+
+def check_zip_archive(path: str | os.PathLike) -> None:
+    """Raise ValueError unless `path` is a zip archive as `torch.save` writes them: every record stored uncompressed,
+    inside the file, with a correct CRC-32. A compressed record could inflate without bound (a 1 MB file whose
+    `data.pkl` is 800 MB) and a flipped bit would otherwise load silently. The CRC pass reads the file once; a
+    passing result is cached by size and mtime like `sha256`."""
+    path = Path(path).resolve()
+    size = path.stat().st_size
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError("truncated or corrupt: a zip archive (the torch.save format) without a readable "
+                         "directory; download or copy it again") from None
+    with archive:
+        for record in archive.infolist():
+            if record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size:
+                raise ValueError(f"record '{record.filename}' is compressed ({record.compress_size} bytes -> "
+                                 f"{record.file_size}); torch.save never compresses, so the file was not written by "
+                                 "it and is refused")
+            if record.header_offset + record.file_size > size:
+                raise ValueError(f"record '{record.filename}' claims {record.file_size} bytes, beyond the end of the "
+                                 f"{size}-byte file: truncated or corrupt")
+
+        def crc_check() -> str:
+            try:
+                bad = archive.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise ValueError(f"truncated or corrupt: {e}") from None
+            if bad is not None:
+                raise ValueError(f"corrupt: record '{bad}' fails its CRC-32 check (the file changed after it was "
+                                 "written); download or copy it again")
+            return "ok"
+        _stamped(path, [path], "zip_crc", crc_check)
+
+
+def _stamped(path: Path, files: list[Path], kind: str, compute: Callable[[], str]) -> str:
+    """`compute()`, cached in the hash cache under (`kind`, path) while the files' sizes and mtimes stay the same."""
     stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = str(path) if kind == "sha256" else f"{kind}:{path}"
     cache = _read_hash_cache()
-    entry = cache.get(str(path))
-    if entry and entry["stamp"] == stamp:
-        return entry["sha256"]
-    digest = hashlib.sha256()
-    for p in files:
-        if path.is_dir():
-            digest.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    cache[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    entry = cache.get(key)
+    if entry and entry.get("stamp") == stamp and "value" in entry:
+        return entry["value"]
+    value = compute()
+    cache = _read_hash_cache()  # re-read: another process may have added entries meanwhile
+    cache[key] = {"stamp": stamp, "value": value}
     with contextlib.suppress(OSError):
         write_text(_HASH_CACHE, json.dumps(cache, indent=0))
-    return digest.hexdigest()
+    return value
 
 
 def _read_hash_cache() -> dict:

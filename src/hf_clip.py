@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from src.files import check_zip_archive
 from src.preprocess import CLIPProcessorStages
 
 StateDict = dict[str, torch.Tensor]
@@ -67,7 +68,13 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict, StateDict]:
             return config, {k: f.get_tensor(k) for k in f.keys()}
     if (folder / "pytorch_model.bin").is_file():
         path = folder / "pytorch_model.bin"
-        return config, torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:
+            try:
+                check_zip_archive(path)
+            except ValueError as e:
+                raise HFCheckpointError(f"{path}: {e}") from None
+        return config, torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     sharded = sorted(p.name for p in folder.glob("*.index.json"))
     hint = f" (sharded checkpoints such as {sharded[0]} are not supported; re-save unsharded)" if sharded else ""
     raise HFCheckpointError(f"{folder} has neither {' nor '.join(WEIGHT_FILES)}{hint}")

@@ -153,6 +153,9 @@ def test_stale_conversion_is_ignored_and_missing_pickle_falls_back(tmp_path, enc
     convert_folder(tmp_path, log=lambda _: None)
     other = fx.seeded_encoder(7)
     fx.modern_encoder_pickle(path, other)  # the pickle changes after conversion
+    with pytest.raises(CheckpointError, match="sha256 differs from the one .*SHA256SUMS"):
+        load_state_dict(path)
+    (tmp_path / "SHA256SUMS").unlink()  # without the list, the changed pickle is read with a warning
     with pytest.warns(UserWarning, match="sha256 differs"):
         loaded = load_state_dict(path)
     assert torch.equal(loaded["model.visual.proj"], other.state_dict()["model.visual.proj"])
