@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench demo-assets
+.PHONY: install demo test bench demo-assets demo-results
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) main_task_arithmetic.py
+
+demo-results: install
+	$(PY) -m src.demo.publish
 
 test: install
 	$(PY) -m pytest -q

@@ -3,8 +3,8 @@ rebuild each task's model θ̂_k = θ₀ + r_k·(M_k ⊙ τ_uni) when that task 
 inference: it is K task-specific models that share one vector, not one merged model.
 
 Also evaluates the unified-vector-only ablation (θ₀ + τ_uni for every task) and saves the merged model
-(bit-packed masks) beside the results, reporting its size on disk. Writes results/<model>/emr_merging.csv and
-emr_merging_unified_only.csv (results/demo/ on the demo suite).
+(bit-packed masks) beside the results, reporting its size on disk. Writes emr_merging.csv and
+emr_merging_unified_only.csv to results/<model>/emr_merging-<settings hash>/.
 """
 from src.cli import Run, entry, parse_args
 from src.merging import emr_merging
@@ -16,20 +16,21 @@ SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"GLOBAL_RESCALER": GLOBAL_RESCALER, "ABLATION": ABLATION, "SAVE": SAVE}, argv)
-    run = Run(args)
-    tasks = run.suite.tasks
-    model = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), global_rescaler=args.global_rescaler)
-    extra = {}
-    if args.save:
-        path = run.out / "emr_model.safetensors"
-        model.save(path)
-        extra = {"emr_model_file": path.name, "emr_model_bytes": path.stat().st_size}
-    # Each task gets its own model, rebuilt from the stored parts (never by adding and subtracting deltas in place).
-    run.report("emr_merging", run.suite.evaluate(lambda task: model.task_state_dict(tasks.index(task)), "EMR"),
-               **extra)
-    if args.ablation:
-        unified = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), unified_only=True)
-        run.report("emr_merging_unified_only", run.suite.evaluate(unified.task_state_dict(0), "EMR unified only"))
+    with Run(args, "emr_merging") as run:
+        tasks = run.suite.tasks
+        model = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), global_rescaler=args.global_rescaler)
+        extra = {}
+        if args.save:
+            path = run.out / "emr_model.safetensors"
+            model.save(path)
+            extra = {"emr_model_file": path.name, "emr_model_bytes": path.stat().st_size}
+        # Each task gets its own model, rebuilt from the stored parts (never by adding and subtracting deltas).
+        run.report("emr_merging", run.suite.evaluate(lambda task: model.task_state_dict(tasks.index(task)), "EMR"),
+                   **extra)
+        if args.ablation:
+            unified = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), unified_only=True)
+            run.report("emr_merging_unified_only",
+                       run.suite.evaluate(unified.task_state_dict(0), "EMR unified only"))
 
 
 if __name__ == "__main__":

@@ -6,23 +6,21 @@ every task in order, BATCHES_PER_TASK shuffled batches of ADAPT_BATCH_SIZE test 
 entropies, one Adam step; merge θ = θ₀ + Σ_k clamp(λ_k, 0, 1)·τ_k. The ++ variants use the TIES-selected task
 vectors (top 20 %, elected sign) instead of τ_k. Unlike the reference, batches come from a seeded generator.
 
-Writes results/<model>/<variant>.csv (final), <variant>_init.csv (step 0: Task Arithmetic / TIES at 0.3),
-<variant>_history.csv (loss per step, accuracy where evaluated), <variant>_coefficients.{pt,csv} and two plots.
-`--coefficients FILE.pt` applies saved coefficients and skips the adaptation.
+Writes to results/<model>/<variant>-<settings hash>/: <variant>.csv (final), <variant>_init.csv (step 0: Task
+Arithmetic / TIES at 0.3), <variant>_history.csv (loss per step, accuracy where evaluated),
+<variant>_coefficients.{pt,csv} and two plots. The state after every step is kept there too, so rerunning an
+interrupted run with the same settings resumes it. `--coefficients FILE.pt` applies saved coefficients instead.
 """
-from pathlib import Path
-
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from src.cli import Range, Run, apply_preset, entry, parse_args
 from src.hf_clip import FAMILY as HF_FAMILY
 from src.merging import AdaMerging, layer_wise_merge
-from src.merging.adamerging import (FUSIONBENCH, SAMPLINGS, BatchStream, load_coefficients, save_coefficients,
-                                   seeded_batches)
+from src.merging.adamerging import FUSIONBENCH, SAMPLINGS, load_coefficients, save_coefficients
 from src.merging.ties import ties_selected_vectors
 from src.plots import coefficient_heatmap, training_curves
+from src.protocols import Adaptation, BatchSampler, adapt
 from src.task_vectors import task_vector, vector_keys
 
 VARIANT = "layer_wise_pp"  # layer_wise_pp, layer_wise, task_wise_pp or task_wise
@@ -56,74 +54,55 @@ def main(argv: list[str] | None = None) -> None:
                              "BATCHES_PER_TASK": Range(1), "ENTROPY_EPS": Range(0), "TIES_K": Range(0, 100, True),
                              "EVAL_EVERY": Range(0)})
     method = METHOD_NAMES[args.variant]
-    run = Run(args)
-    preset = args.preset if args.preset != "auto" else \
-        "fusionbench" if run.suite.family == HF_FAMILY else "reference"
-    if preset == "fusionbench":
-        apply_preset(args, FUSIONBENCH)
-    suite, tasks = run.suite, run.suite.tasks
-    pretrained, finetuned = suite.pretrained, suite.all_finetuned()
-    vectors = (ties_selected_vectors(pretrained, finetuned, k=args.ties_k) if args.variant.endswith("_pp")
-               else [task_vector(pretrained, ft) for ft in finetuned])
+    with Run(args, method, configure=apply_auto_preset) as run:
+        suite, tasks = run.suite, run.suite.tasks
+        pretrained, finetuned = suite.pretrained, suite.all_finetuned()
+        vectors = (ties_selected_vectors(pretrained, finetuned, k=args.ties_k) if args.variant.endswith("_pp")
+                   else [task_vector(pretrained, ft) for ft in finetuned])
 
-    def evaluate(coefficients: torch.Tensor, desc: str) -> dict[str, float]:
-        return suite.evaluate(layer_wise_merge(pretrained, vectors, coefficients, clamp=args.clamp), desc)
+        def evaluate(coefficients: torch.Tensor, label: str) -> dict[str, float]:
+            return suite.evaluate(layer_wise_merge(pretrained, vectors, coefficients, clamp=args.clamp),
+                                  f"{method} {label}")
 
-    granularity = "layer" if args.variant.startswith("layer") else "task"
-    shape = (len(vector_keys(pretrained)), len(tasks)) if granularity == "layer" else (len(tasks),)
-    init = evaluate(torch.full(shape, args.init), f"{method} step 0")
-    run.report(f"{method}_init", init, seed=args.seed)
-    if args.coefficients:
-        coefficients = load_coefficients(args.coefficients, vector_keys(pretrained), tasks)
-        history = pd.DataFrame({"step": [0], "loss": [float("nan")],
-                                "avg_accuracy": [sum(init.values()) / len(tasks)]})
-    else:
-        coefficients, history = adapt(args, suite, pretrained, vectors, granularity, evaluate, init)
-    final = evaluate(coefficients, f"{method} final")
-    paths = {"coefficients_pt": f"{method}_coefficients.pt", "coefficients_csv": f"{method}_coefficients.csv"}
-    if not args.coefficients:
-        save_coefficients(coefficients, run.out / paths["coefficients_pt"], run.out / paths["coefficients_csv"],
+        granularity = "layer" if args.variant.startswith("layer") else "task"
+        if args.coefficients:
+            shape = (len(vector_keys(pretrained)), len(tasks)) if granularity == "layer" else (len(tasks),)
+            init = evaluate(torch.full(shape, args.init), "step 0")
+            result = Adaptation(init, pd.DataFrame({"step": [0], "loss": [float("nan")],
+                                                    "avg_accuracy": [sum(init.values()) / len(tasks)]}),
+                                load_coefficients(args.coefficients, vector_keys(pretrained), tasks))
+        else:
+            dtype = getattr(torch, args.vector_dtype) if args.vector_dtype else None
+            trainer = AdaMerging(suite.new_encoder().to(run.device), pretrained, vectors,
+                                 [suite.head(t) for t in tasks], granularity=granularity, init=args.init,
+                                 lr=args.lr, clamp=args.clamp, vector_dtype=dtype, entropy_eps=args.entropy_eps)
+            test_sets = [suite.test_set(t) for t in tasks]
+            sampler = BatchSampler([len(d) for d in test_sets], args.adapt_batch_size, args.batches_per_task,
+                                   args.sampling, args.seed)
+            result = adapt(trainer, sampler, lambda task, idx: torch.stack([test_sets[task][int(i)][0] for i in idx]),
+                           args.steps, evaluate, eval_every=args.eval_every, resume=run.load_state("adaptation"),
+                           checkpoint=lambda state: run.save_state("adaptation", state))
+        final = evaluate(result.coefficients, "final")
+        history = result.history
+        history.loc[history.step == history.step.max(), "avg_accuracy"] = sum(final.values()) / len(tasks)
+        run.report(f"{method}_init", result.init, seed=args.seed)
+        paths = {"coefficients_pt": f"{method}_coefficients.pt", "coefficients_csv": f"{method}_coefficients.csv"}
+        save_coefficients(result.coefficients, run.out / paths["coefficients_pt"], run.out / paths["coefficients_csv"],
                           vector_keys(pretrained), tasks)
-    history.loc[history.step == history.step.max(), "avg_accuracy"] = sum(final.values()) / len(tasks)
-    run.write_table(f"{method}_history", history, seed=args.seed)
-    table = pd.read_csv(run.out / paths["coefficients_csv"]).set_index("tensor") if not args.coefficients else \
-        pd.DataFrame(coefficients.reshape(-1, len(tasks)).numpy(), columns=tasks)
-    coefficient_heatmap(table, run.out / f"{method}_coefficients.png", f"{method}: learned λ ({suite.model})")
-    training_curves(history, run.out / f"{method}_curves.png", f"{method} ({suite.model})")
-    run.report(method, final, seed=args.seed, steps=int(history.step.max()), preset=preset,
-               init_avg_accuracy=sum(init.values()) / len(tasks), **paths)
+        table = pd.read_csv(run.out / paths["coefficients_csv"]).set_index("tensor")
+        run.write_table(f"{method}_history", history, seed=args.seed)
+        coefficient_heatmap(table, run.out / f"{method}_coefficients.png", f"{method}: learned λ ({suite.model})")
+        training_curves(history, run.out / f"{method}_curves.png", f"{method} ({suite.model})")
+        run.report(method, final, seed=args.seed, steps=int(history.step.max()), preset=args.preset,
+                   init_avg_accuracy=sum(result.init.values()) / len(tasks), **paths)
 
 
-def adapt(args, suite, pretrained, vectors, granularity, evaluate, init):
-    """Run the entropy-minimisation steps; returns the clamped coefficients and the per-step history."""
-    device = torch.device(args.device) if args.device else (torch.device("cuda") if torch.cuda.is_available()
-                                                              else torch.device("cpu"))
-    encoder = suite.new_encoder().to(device)
-    heads = [suite.head(t) for t in suite.tasks]
-    dtype = getattr(torch, args.vector_dtype) if args.vector_dtype else None
-    trainer = AdaMerging(encoder, pretrained, vectors, heads, granularity=granularity, init=args.init, lr=args.lr,
-                         clamp=args.clamp, vector_dtype=dtype, entropy_eps=args.entropy_eps)
-    test_sets = [suite.test_set(t) for t in suite.tasks]
-    generator = torch.Generator().manual_seed(args.seed)
-    streams = [BatchStream(len(data), args.adapt_batch_size, generator) for data in test_sets]
-
-    def indices(task: int) -> list[torch.Tensor]:
-        if args.sampling == "stream":
-            return [next(streams[task]) for _ in range(args.batches_per_task)]
-        return seeded_batches(len(test_sets[task]), args.adapt_batch_size, args.batches_per_task, generator)
-
-    rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": sum(init.values()) / len(init)}]
-    for step in (bar := tqdm(range(1, args.steps + 1), desc="AdaMerging")):
-        batches = [[torch.stack([test_sets[task][int(i)][0] for i in idx]) for idx in indices(task)]
-                   for task in range(len(test_sets))]
-        loss = trainer.step(batches)
-        accuracy = None
-        if args.eval_every and step % args.eval_every == 0 and step != args.steps:
-            acc = evaluate(trainer.coefficients(), f"step {step}")
-            accuracy = sum(acc.values()) / len(acc)
-        rows.append({"step": step, "loss": loss, "avg_accuracy": accuracy})
-        bar.set_postfix(loss=f"{loss:.3f}")
-    return trainer.coefficients(), pd.DataFrame(rows)
+def apply_auto_preset(args, suite) -> None:
+    """`--preset auto`: FusionBench's settings on its Hugging Face checkpoints, the reference's elsewhere."""
+    if args.preset == "auto":
+        args.preset = args.hyperparameters["PRESET"] = "fusionbench" if suite.family == HF_FAMILY else "reference"
+    if args.preset == "fusionbench":
+        apply_preset(args, FUSIONBENCH)
 
 
 if __name__ == "__main__":

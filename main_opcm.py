@@ -3,17 +3,19 @@
 Models arrive one at a time in a random task order; after each one the merge is evaluated on every task seen so
 far. Methods: `opcm` (project each new task vector off the merge's top singular subspace, rescale to the average
 task-vector norm), `continual_ta` (θ̄_t = θ̄_{t−1} + λ·τ_t), `continual_ties` (TIES over [merged delta; τ_t]) and
-`continual_avg` (running weight average). Writes results/<model>/opcm_steps.csv (one row per method, order, step and
-task), opcm_summary.csv (final average accuracy, mean ± std over orders) and opcm.png (accuracy vs tasks merged).
+`continual_avg` (running weight average). Writes to results/<model>/opcm-<settings hash>/: opcm_steps.csv (one row per
+method, order, step and task; rewritten after every finished order, and an interrupted run with the same settings
+resumes after the last one), opcm_summary.csv (final average accuracy, mean ± std over orders) and opcm.png.
 The demo suite has eight tasks; TALL14 and TALL20 need real checkpoints (`--tasks TALL14`). With both kinds of
 checkpoints present, `--route auto` takes FusionBench's Hugging Face ones, which the OPCM paper used.
 """
-import pandas as pd
-from tqdm.auto import tqdm
+import functools
 
 from src.cli import Range, Run, entry, parse_args
+from src.files import display_path
 from src.merging import OPCM, ContinualTaskArithmetic, ContinualTIES, ContinualWeightAverage
 from src.plots import continual_curves
+from src.protocols import continual, continual_summary
 from src.task_orders import task_orders
 
 METHODS = ("opcm", "continual_ta", "continual_ties", "continual_avg")
@@ -52,31 +54,22 @@ def main(argv: list[str] | None = None) -> None:
                       rules={"METHOD": _unknown_methods, "ALPHA": Range(0, 1),
                              "MERGE_CLASS_EMBEDDING": list(CLASS_EMBEDDING_CHOICES), "TA_SCALING_COEF": Range(0),
                              "TIES_K": Range(0, 100, lo_open=True), "NUM_ORDERS": Range(1)})
-    run = Run(args)
-    suite, methods = run.suite, [m.strip() for m in args.method.split(",")]
-    orders = task_orders(suite.tasks, args.num_orders, args.seed)
-    rows = []
-    for method in methods:
-        for i, order in enumerate(tqdm(orders, desc=method)):
-            merge = merger(method, suite.pretrained, args, len(suite.tasks))
-            for step, task in enumerate(order, start=1):
-                merge.add(suite.finetuned(task))
-                accuracy = suite.evaluate(merge.state_dict(), f"{method} order {i} step {step}", tasks=order[:step])
-                rows += [{"method": method, "order": i, "order_tasks": "|".join(order), "step": step,
-                          "num_tasks": step, "task": t, "accuracy": a} for t, a in accuracy.items()]
-    steps = pd.DataFrame(rows)
-    final = steps[steps.num_tasks == len(suite.tasks)].groupby(["method", "order"]).accuracy.mean()
-    summary = final.groupby("method").agg(["mean", "std", "count"]).reindex(methods).reset_index().rename(
-        columns={"mean": "final_avg_accuracy_mean", "std": "final_avg_accuracy_std", "count": "num_orders"})
-    summary.insert(1, "num_tasks", len(suite.tasks))
-    summary.insert(1, "backbone", suite.model)
-    summary.insert(2, "family", suite.family)
-    run.write_table("opcm_steps", steps, seed=args.seed)
-    path = run.write_table("opcm_summary", summary.round(4), seed=args.seed)
-    continual_curves(steps, run.out / "opcm.png", f"{suite.model}, {len(suite.tasks)} tasks, "
-                                                  f"{args.num_orders} orders")
-    print(summary.to_string(index=False))
-    print(f"results: {path}, {run.out / 'opcm_steps.csv'}, {run.out / 'opcm.png'}")
+    with Run(args, "opcm") as run:
+        suite, methods = run.suite, [m.strip() for m in args.method.split(",")]
+        steps = continual({m: functools.partial(merger, m, suite.pretrained, args, len(suite.tasks)) for m in methods},
+                          task_orders(suite.tasks, args.num_orders, args.seed), suite.finetuned,
+                          lambda state_dict, label, tasks: suite.evaluate(state_dict, label, tasks=tasks),
+                          done=run.read_table("opcm_steps"),
+                          on_order=lambda table: run.write_table("opcm_steps", table, seed=args.seed))
+        summary = continual_summary(steps, methods, len(suite.tasks))
+        summary.insert(1, "num_tasks", len(suite.tasks))
+        summary.insert(1, "backbone", suite.model)
+        summary.insert(2, "family", suite.family)
+        print(summary.to_string(index=False))
+        path = run.write_table("opcm_summary", summary.round(4), seed=args.seed)
+        continual_curves(steps, run.out / "opcm.png", f"{suite.model}, {len(suite.tasks)} tasks, "
+                                                      f"{args.num_orders} orders")
+        print(f"results: {display_path(path)}, opcm_steps.csv and opcm.png beside it")
 
 
 if __name__ == "__main__":

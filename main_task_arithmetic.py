@@ -1,7 +1,7 @@
 """Task Arithmetic (Ilharco et al., 2023): θ = θ₀ + λ·Σ_k τ_k with one λ for every task.
 
 Evaluates the zero-shot model, each fine-tuned model on its own task (individual) and the merge on every task, and
-writes results/<model>/{zeroshot,individual,task_arithmetic}.csv (results/demo/ on the demo suite).
+writes {zeroshot,individual,task_arithmetic}.csv to results/<model>/task_arithmetic-<settings hash>/.
 Edit the constants below or pass them as flags (`--scaling-coef 0.3`); `--help` lists everything.
 """
 from src.cli import Run, entry, parse_args
@@ -12,9 +12,9 @@ SCALING_COEF = 0.3  # λ; the AdaMerging and EMR papers' Task Arithmetic rows us
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"SCALING_COEF": SCALING_COEF}, argv)
-    run = Run(args)
-    merged = task_arithmetic(run.suite.pretrained, run.suite.all_finetuned(), args.scaling_coef)
-    run.report("task_arithmetic", run.suite.evaluate(merged, "task arithmetic"))
+    with Run(args, "task_arithmetic") as run:
+        merged = task_arithmetic(run.suite.pretrained, run.suite.all_finetuned(), args.scaling_coef)
+        run.report("task_arithmetic", run.suite.evaluate(merged, "task arithmetic"))
 
 
 if __name__ == "__main__":

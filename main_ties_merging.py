@@ -3,7 +3,7 @@ magnitude, elect a sign per entry by mass, merge the agreeing entries disjointly
 
 Defaults reproduce the 72.92 average (ViT-B/32, task_vectors checkpoints): K is taken over every float entry of the
 checkpoint, the zero text-side leftovers included, as the reference did; `--vision-only-k` counts only the image
-tower (the corrected variant). Writes results/<model>/ties_merging.csv (results/demo/ on the demo suite).
+tower (the corrected variant). Writes ties_merging.csv to results/<model>/ties_merging-<settings hash>/.
 """
 from src.cli import Range, Run, entry, parse_args
 from src.merging import ties_merging
@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"K": K, "SCALING_COEF": SCALING_COEF, "MERGE_FUNC": MERGE_FUNC,
                                 "VISION_ONLY_K": VISION_ONLY_K}, argv,
                       rules={"K": Range(0, 100, lo_open=True), "MERGE_FUNC": MERGE_FUNCS})
-    run = Run(args)
-    merged = ties_merging(run.suite.pretrained, run.suite.all_finetuned(), k=args.k, scaling_coef=args.scaling_coef,
-                          merge_func=args.merge_func, vision_only_k=args.vision_only_k)
-    run.report("ties_merging", run.suite.evaluate(merged, "TIES"))
+    with Run(args, "ties_merging") as run:
+        merged = ties_merging(run.suite.pretrained, run.suite.all_finetuned(), k=args.k,
+                              scaling_coef=args.scaling_coef, merge_func=args.merge_func,
+                              vision_only_k=args.vision_only_k)
+        run.report("ties_merging", run.suite.evaluate(merged, "TIES"))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ over the target only once it is complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MERGEREPRO_CACHE", REPO / ".cache"))
@@ -44,6 +47,36 @@ def atomic_write(path: str | os.PathLike):
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock this one needs."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, *, what: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if needed) for the block. When another process holds it,
+    wait up to `wait_s` seconds, then raise `Busy` naming that process. The operating system releases the lock when
+    its holder exits, however it exits, so a killed run never leaves a stale lock behind."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = path.read_text(errors="replace").strip() or "another process"
+                    raise Busy(f"{what} is in use by {holder} (lock {path}); wait for it to finish, or change a "
+                               "setting or --results to run beside it") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def sha256(path: str | os.PathLike) -> str:

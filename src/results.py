@@ -143,13 +143,18 @@ def _version(package: str) -> str | None:
 
 
 def summary(folder: str | Path) -> pd.DataFrame:
-    """Every per-task accuracy table in `folder` side by side: one column per method, one row per task plus avg,
-    zero-shot and individual first (the layout of the papers' tables)."""
-    tables = {}
-    for path in sorted(Path(folder).glob("*.csv")):
+    """Per-task accuracy tables side by side: one column per method, one row per task plus avg, zero-shot and
+    individual first (the layout of the papers' tables). `folder` is one run's folder, a folder of runs
+    (`results/<model>/`: the most recent run of each method) or the committed demo tables."""
+    tables, times = {}, {}
+    folder = Path(folder)
+    for path in [*folder.glob("*.csv"), *folder.glob("*/*.csv")]:
         table = pd.read_csv(path)
-        if {"method", "task", "accuracy"} <= set(table.columns) and "normalized_accuracy" in table.columns:
-            tables[table.method.iloc[0]] = table.set_index("task").accuracy
+        if not ({"method", "task", "accuracy", "normalized_accuracy"} <= set(table.columns)) or table.empty:
+            continue
+        method = table.method.iloc[0]
+        if method not in tables or path.stat().st_mtime > times[method]:
+            tables[method], times[method] = table.set_index("task").accuracy, path.stat().st_mtime
     order = [m for m in ("zeroshot", "individual") if m in tables] + \
         [m for m in tables if m not in ("zeroshot", "individual")]
     return pd.DataFrame({m: tables[m] for m in order})
@@ -158,9 +163,13 @@ def summary(folder: str | Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     import argparse
     parser = argparse.ArgumentParser(description="Print the results tables of one folder side by side (markdown).")
-    parser.add_argument("folder", type=Path, nargs="?", default=REPO / "results" / "demo")
+    parser.add_argument("folder", type=Path, nargs="?", default=REPO / "src" / "demo" / "results",
+                        help="a run's folder, a folder of runs (results/<model>/: the latest run of each method), "
+                             "or the committed demo tables [default]")
     args = parser.parse_args(argv)
     table = summary(args.folder)
+    if table.empty:
+        raise SystemExit(f"{args.folder}: no results tables found")
     print("| task | " + " | ".join(table.columns) + " |")
     print("|---|" + "---:|" * len(table.columns))
     for task, row in table.iterrows():

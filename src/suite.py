@@ -25,7 +25,7 @@ from src import hf_clip
 from src.checkpoints import CheckpointSet, StateDict, load_head, load_state_dict
 from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached
-from src.eval import evaluate
+from src.eval import default_device, evaluate
 from src.files import CACHE_DIR, display_path, sha256
 from src.task_vectors import require_finite
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
@@ -51,6 +51,11 @@ class Suite:
     @property
     def family(self) -> str:
         return self.checkpoints.family
+
+    @property
+    def uses_amp(self) -> bool:
+        """Whether evaluation runs under fp16 autocast: `amp` when set, else on CUDA only."""
+        return torch.device(self.device or default_device()).type == "cuda" if self.amp is None else self.amp
 
     @functools.cached_property
     def pretrained(self) -> StateDict:
@@ -114,11 +119,11 @@ class Suite:
                                  device=self.device, amp=self.amp, desc=f"{desc} {task}")
         return out
 
-    def zeroshot_accuracies(self) -> dict[str, float]:
-        return self.evaluate(self.pretrained, "zero-shot")
+    def zeroshot_accuracies(self, tasks: list[str] | None = None) -> dict[str, float]:
+        return self.evaluate(self.pretrained, "zero-shot", tasks)
 
-    def individual_accuracies(self) -> dict[str, float]:
-        return self.evaluate(self.finetuned, "individual")
+    def individual_accuracies(self, tasks: list[str] | None = None) -> dict[str, float]:
+        return self.evaluate(self.finetuned, "individual", tasks)
 
 
 @dataclass(eq=False)

@@ -9,7 +9,9 @@ import main_ties_merging
 from src import cli
 from src.checkpoints import CheckpointError
 from src.files import REPO
+from src.demo.publish import PUBLISHED
 from src.suite import Suite
+from tests.fixtures.runs import run_folder
 
 TWO = "Colors,Scenes"
 
@@ -39,18 +41,20 @@ def test_without_real_checkpoints_the_demo_runs_with_a_banner(capsys):
 def test_the_entry_script_writes_tables_and_reuses_reference_rows(tmp_path, monkeypatch):
     argv = ["--demo", "--tasks", TWO, "--results", str(tmp_path)]
     main_task_arithmetic.main(argv)
-    out = tmp_path / "demo"
-    assert {p.name for p in out.iterdir()} == {f"{m}.{e}" for m in ("zeroshot", "individual", "task_arithmetic")
-                                               for e in ("csv", "json")}
+    out = run_folder(tmp_path, "task_arithmetic")
+    assert {p.name for p in out.iterdir()} == {".lock"} | {f"{m}.{e}" for m in ("zeroshot", "individual",
+                                                                              "task_arithmetic") for e in ("csv", "json")}
     first = pd.read_csv(out / "task_arithmetic.csv")
     assert first.task.tolist() == ["Colors", "Scenes", "avg"]
 
-    def must_not_run(self):
+    def must_not_run(self, tasks=None):
         raise AssertionError("reference rows should have been reused")
     monkeypatch.setattr(Suite, "individual_accuracies", must_not_run)
     monkeypatch.setattr(Suite, "zeroshot_accuracies", must_not_run)
     main_task_arithmetic.main(argv + ["--scaling-coef", "0.5"])
-    second = pd.read_csv(out / "task_arithmetic.csv")
+    other = run_folder(tmp_path, "task_arithmetic")
+    assert other != out and pd.read_csv(out / "task_arithmetic.csv").equals(first)  # the first run's table stays
+    second = pd.read_csv(other / "task_arithmetic.csv")
     assert (second.individual_accuracy == first.individual_accuracy).all()
     assert not (second.accuracy == first.accuracy).all()
 
@@ -61,7 +65,7 @@ def test_a_failed_run_writes_no_table(tmp_path, monkeypatch):
     monkeypatch.setattr(Suite, "evaluate", boom)
     with pytest.raises(RuntimeError):
         main_task_arithmetic.main(["--demo", "--tasks", TWO, "--results", str(tmp_path)])
-    assert not (tmp_path / "demo" / "task_arithmetic.csv").exists()
+    assert not list(tmp_path.rglob("task_arithmetic.csv"))
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -73,10 +77,10 @@ SCRIPTS = {"task_arithmetic": main_task_arithmetic, "ties_merging": main_ties_me
 def test_committed_demo_results_reproduce(method, tmp_path_factory):
     fresh_dir = tmp_path_factory.getbasetemp() / "fresh-demo"
     script = SCRIPTS.get(method, main_task_arithmetic)
-    if not (fresh_dir / "demo" / f"{method}.csv").exists():
+    if not list(fresh_dir.glob(f"demo/*/{method}.csv")):
         script.main(["--demo", "--results", str(fresh_dir)])
-    committed = pd.read_csv(cli.DEFAULT_RESULTS / "demo" / f"{method}.csv").set_index("task")
-    fresh = pd.read_csv(fresh_dir / "demo" / f"{method}.csv").set_index("task")
+    committed = pd.read_csv(PUBLISHED / f"{method}.csv").set_index("task")
+    fresh = pd.read_csv(next(fresh_dir.glob(f"demo/*/{method}.csv"))).set_index("task")
     assert fresh.index.tolist() == committed.index.tolist()
     # One image in 600 is 0.17 points; allow two to flip on another CPU's floating-point reductions.
     assert (fresh.accuracy - committed.accuracy).abs().max() <= 0.34
@@ -84,7 +88,7 @@ def test_committed_demo_results_reproduce(method, tmp_path_factory):
 
 def test_committed_provenance_names_checkpoints_relative_to_the_repo_so_any_clone_reuses_it():
     suite = cli.open_suite(cli.parse_args("d", {}, ["--demo"]))
-    committed = json.loads((REPO / "results" / "demo" / "zeroshot.json").read_text())["checkpoint_sha256"]
+    committed = json.loads((PUBLISHED / "zeroshot.json").read_text())["checkpoint_sha256"]
     assert committed == suite.checkpoint_hashes()
     assert all(not key.startswith("/") for key in committed)
 

@@ -53,7 +53,7 @@ def test_cuda_asked_without_a_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = cli.parse_args("d", {}, ["--device", "cuda", "--demo"])
     with pytest.raises(ValueError, match="--device cuda: no CUDA device is available here"):
-        cli.Run(args)
+        cli.Run(args, "task_arithmetic")
 
 
 def test_an_incomplete_checkpoint_folder_is_listed_not_replaced_by_the_demo(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from src.checkpoints import load_state_dict
 from src.datasets.tasks import FIXTURE_SIZES_ENV
 from src.merging import task_arithmetic
 from tests.fixtures import huggingface as hf_fx
+from tests.fixtures.runs import run_folder
 
 TASKS = ["MNIST", "PCAM", "FER2013"]
 OUT = "ViT-B-32_fusionbench_hf"
@@ -59,10 +60,11 @@ def argv(files, tmp_path, monkeypatch):
 
 def test_task_arithmetic_scores_what_fusionbench_scores_on_the_same_merge(files, argv, tmp_path):
     main_task_arithmetic.main(argv)
-    table = pd.read_csv(tmp_path / OUT / "task_arithmetic.csv").set_index("task")
+    out = run_folder(tmp_path, "task_arithmetic", OUT)
+    table = pd.read_csv(out / "task_arithmetic.csv").set_index("task")
     assert table.index.tolist() == TASKS + ["avg"] and set(table.family) == {"fusionbench_hf"}
     assert table.accuracy.tolist() == [50.0] * (len(TASKS) + 1)
-    sidecar = json.loads((tmp_path / OUT / "task_arithmetic.json").read_text())
+    sidecar = json.loads((out / "task_arithmetic.json").read_text())
     assert len(sidecar["checkpoint_sha256"]) == 1 + len(TASKS)
 
 
@@ -70,10 +72,10 @@ def test_ties_and_emr_on_the_hf_tensors(files, argv, tmp_path):
     main_ties_merging.main(argv)
     main_emr_merging.main(argv + ["--no-ablation"])
     for method in ("ties_merging", "emr_merging"):
-        table = pd.read_csv(tmp_path / OUT / f"{method}.csv")
+        table = pd.read_csv(run_folder(tmp_path, method, OUT) / f"{method}.csv")
         assert table.task.tolist() == TASKS + ["avg"] and table.accuracy.between(0, 100).all()
     from safetensors import safe_open
-    with safe_open(str(tmp_path / OUT / "emr_model.safetensors"), "pt") as f:
+    with safe_open(str(run_folder(tmp_path, "emr_merging", OUT) / "emr_model.safetensors"), "pt") as f:
         shapes = dict(json.loads(f.metadata()["shapes"]))
     # EMR's masks and per-tensor rescaler means run over the HF tensors: q, k and v separately, as FusionBench
     assert shapes["encoder.layers.0.self_attn.q_proj.weight"] == [64, 64]
@@ -82,20 +84,22 @@ def test_ties_and_emr_on_the_hf_tensors(files, argv, tmp_path):
 def test_adamerging_uses_fusionbench_settings_and_one_row_per_hf_tensor(files, argv, tmp_path):
     root, tree = files
     main_layer_wise_adamergingpp.main(argv + ["--variant", "layer_wise", "--steps", "2"])
-    sidecar = json.loads((tmp_path / OUT / "layer_wise_adamerging.json").read_text())
+    out = run_folder(tmp_path, "layer_wise_adamerging", OUT)
+    sidecar = json.loads((out / "layer_wise_adamerging.json").read_text())
     assert sidecar["preset"] == "fusionbench"
     hyper = sidecar["hyperparameters"]
     assert (hyper["CLAMP"], hyper["ENTROPY_EPS"], hyper["BATCHES_PER_TASK"], hyper["SAMPLING"]) == \
         (False, 1e-8, 1, "stream")
     assert hyper["STEPS"] == 2  # a flag given on the command line wins over the preset
-    table = pd.read_csv(tmp_path / OUT / "layer_wise_adamerging_coefficients.csv")
+    table = pd.read_csv(out / "layer_wise_adamerging_coefficients.csv")
     assert table.tensor.tolist() == list(load_state_dict(tree["pretrained"]))
 
 
 def test_opcm_prefers_the_hf_route_and_skips_the_class_embedding(files, argv, tmp_path):
     argv = [a for a in argv if a not in ("--route", "hf")]  # auto: OPCM takes the Hugging Face checkpoints
     main_opcm.main(argv + ["--method", "opcm,continual_ta", "--num-orders", "2"])
-    summary = pd.read_csv(tmp_path / OUT / "opcm_summary.csv")
+    out = run_folder(tmp_path, "opcm", OUT)
+    summary = pd.read_csv(out / "opcm_summary.csv")
     assert summary.method.tolist() == ["opcm", "continual_ta"] and set(summary.family) == {"fusionbench_hf"}
-    steps = pd.read_csv(tmp_path / OUT / "opcm_steps.csv")
+    steps = pd.read_csv(out / "opcm_steps.csv")
     assert len(steps) == 2 * 2 * (1 + 2 + 3)

@@ -15,6 +15,7 @@ from src.datasets.tasks import FIXTURE_SIZES_ENV
 from src.suite import make_suite
 from tests.fixtures import checkpoints as ckpt_fx
 from tests.fixtures import datasets as data_fx
+from tests.fixtures.runs import run_folder
 
 TASKS = ["SVHN", "EuroSAT", "Cars", "MNIST"]
 
@@ -63,10 +64,11 @@ def test_task_arithmetic_script_on_fabricated_real_files(tmp_path, monkeypatch):
                                "--model", "demo", "--tasks", ",".join(TASKS[:2]), "--results", str(tmp_path / "out"),
                                "--device", "cpu", "--batch-size", "4"])
 
-    table = pd.read_csv(tmp_path / "out" / "demo" / "task_arithmetic.csv")
+    out = run_folder(tmp_path / "out", "task_arithmetic")
+    table = pd.read_csv(out / "task_arithmetic.csv")
     assert table.task.tolist() == TASKS[:2] + ["avg"]
     assert set(table.family) == {"task_vectors"}
-    sidecar = json.loads((tmp_path / "out" / "demo" / "task_arithmetic.json").read_text())
+    sidecar = json.loads((out / "task_arithmetic.json").read_text())
     files = sorted(str(p) for p in sidecar["checkpoint_sha256"])
     assert len(files) == 3 and all("checkpoints" in f for f in files)
     for path, digest in sidecar["checkpoint_sha256"].items():

@@ -116,6 +116,13 @@ class BatchStream:
             self._pending = list(order.split(self.batch_size))[::-1]
         return self._pending.pop()
 
+    def state_dict(self) -> dict:
+        """The batches left in the current pass (the generator's state is its owner's to keep)."""
+        return {"pending": [b.clone() for b in self._pending]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = [torch.as_tensor(b) for b in state["pending"]]
+
 
 def _merge(base: torch.Tensor, vectors: Sequence[torch.Tensor], lambdas: torch.Tensor) -> torch.Tensor:
     """θ₀·1 + λ_1·τ_1 + λ_2·τ_2 + … accumulated left to right, the reference's rounding order (§3.2).
@@ -260,6 +267,18 @@ class AdaMerging:
 
     def save_coefficients(self, path_pt: str | Path, path_csv: str | Path, task_names: Sequence[str]) -> None:
         save_coefficients(self.coefficients(), path_pt, path_csv, self.tensor_names, task_names)
+
+    def state_dict(self) -> dict:
+        """The raw coefficients and the optimiser's state: what resuming an interrupted adaptation needs."""
+        return {"raw": self.raw.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["raw"].shape != self.raw.shape:
+            raise ValueError(f"saved coefficients have shape {tuple(state['raw'].shape)}, this adaptation "
+                             f"{tuple(self.raw.shape)}")
+        with torch.no_grad():
+            self.raw.copy_(state["raw"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def save_coefficients(coefficients: torch.Tensor, path_pt: str | Path, path_csv: str | Path,
