@@ -6,8 +6,7 @@ Also evaluates the unified-vector-only ablation (θ₀ + τ_uni for every task) 
 (bit-packed masks) beside the results, reporting its size on disk. Writes emr_merging.csv and
 emr_merging_unified_only.csv to results/<model>/emr_merging-<settings hash>/.
 """
-from src.cli import Run, entry, parse_args
-from src.merging import emr_merging
+from src.cli import entry, parse_args
 
 GLOBAL_RESCALER = False  # True: r_k from whole-model L1 norms instead of the reference's sum of per-tensor means
 ABLATION = True  # also evaluate the unified vector alone (no masks, no rescalers)
@@ -16,6 +15,9 @@ SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"GLOBAL_RESCALER": GLOBAL_RESCALER, "ABLATION": ABLATION, "SAVE": SAVE}, argv)
+    # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
+    from src.merging import emr_merging
+    from src.run import Run
     with Run(args, "emr_merging") as run:
         tasks = run.suite.tasks
         model = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), global_rescaler=args.global_rescaler)

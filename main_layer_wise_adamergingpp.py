@@ -11,17 +11,8 @@ Arithmetic / TIES at 0.3), <variant>_history.csv (loss per step, accuracy where 
 <variant>_coefficients.{pt,csv} and two plots. The state after every step is kept there too, so rerunning an
 interrupted run with the same settings resumes it. `--coefficients FILE.pt` applies saved coefficients instead.
 """
-import pandas as pd
-import torch
-
-from src.cli import Range, Run, apply_preset, entry, parse_args
-from src.hf_clip import FAMILY as HF_FAMILY
-from src.merging import AdaMerging, layer_wise_merge
-from src.merging.adamerging import FUSIONBENCH, SAMPLINGS, load_coefficients, save_coefficients
-from src.merging.ties import ties_selected_vectors
-from src.plots import coefficient_heatmap, training_curves
-from src.protocols import Adaptation, BatchSampler, adapt
-from src.task_vectors import task_vector, vector_keys
+from src.cli import Range, apply_preset, entry, parse_args
+from src.options import FUSIONBENCH, SAMPLINGS
 
 VARIANT = "layer_wise_pp"  # layer_wise_pp, layer_wise, task_wise_pp or task_wise
 PRESET = "auto"  # auto, reference or fusionbench (see above)
@@ -53,6 +44,16 @@ def main(argv: list[str] | None = None) -> None:
                              "STEPS": Range(0), "LR": Range(0, lo_open=True), "ADAPT_BATCH_SIZE": Range(1),
                              "BATCHES_PER_TASK": Range(1), "ENTROPY_EPS": Range(0), "TIES_K": Range(0, 100, True),
                              "EVAL_EVERY": Range(0)})
+    # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
+    import pandas as pd
+    import torch
+
+    from src.merging import AdaMerging, layer_wise_merge, ties_selected_vectors
+    from src.merging.adamerging import load_coefficients, save_coefficients
+    from src.plots import coefficient_heatmap, training_curves
+    from src.protocols import Adaptation, BatchSampler, adapt
+    from src.run import Run
+    from src.task_vectors import task_vector, vector_keys
     method = METHOD_NAMES[args.variant]
     with Run(args, method, configure=apply_auto_preset) as run:
         suite, tasks = run.suite, run.suite.tasks
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         vectors = (ties_selected_vectors(pretrained, finetuned, k=args.ties_k) if args.variant.endswith("_pp")
                    else [task_vector(pretrained, ft) for ft in finetuned])
 
-        def evaluate(coefficients: torch.Tensor, label: str) -> dict[str, float]:
+        def evaluate(coefficients, label: str) -> dict[str, float]:
             return suite.evaluate(layer_wise_merge(pretrained, vectors, coefficients, clamp=args.clamp),
                                   f"{method} {label}")
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def apply_auto_preset(args, suite) -> None:
     """`--preset auto`: FusionBench's settings on its Hugging Face checkpoints, the reference's elsewhere."""
+    from src.hf_clip import FAMILY as HF_FAMILY
     if args.preset == "auto":
         args.preset = args.hyperparameters["PRESET"] = "fusionbench" if suite.family == HF_FAMILY else "reference"
     if args.preset == "fusionbench":

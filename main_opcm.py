@@ -11,12 +11,7 @@ checkpoints present, `--route auto` takes FusionBench's Hugging Face ones, which
 """
 import functools
 
-from src.cli import Range, Run, entry, parse_args
-from src.files import display_path
-from src.merging import OPCM, ContinualTaskArithmetic, ContinualTIES, ContinualWeightAverage
-from src.plots import continual_curves
-from src.protocols import continual, continual_summary
-from src.task_orders import task_orders
+from src.cli import Range, entry, parse_args
 
 METHODS = ("opcm", "continual_ta", "continual_ties", "continual_avg")
 METHOD = ",".join(METHODS)  # comma-separated, any of METHODS
@@ -31,6 +26,7 @@ SEED = 0
 
 
 def merger(method: str, pretrained, args, num_tasks: int):
+    from src.merging import OPCM, ContinualTaskArithmetic, ContinualTIES, ContinualWeightAverage
     coef = args.ta_scaling_coef or (0.3 if num_tasks <= 8 else 0.1)
     make = {
         "opcm": lambda: OPCM(pretrained, alpha=args.alpha, zero_diagonal=args.zero_diagonal,
@@ -54,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
                       rules={"METHOD": _unknown_methods, "ALPHA": Range(0, 1),
                              "MERGE_CLASS_EMBEDDING": list(CLASS_EMBEDDING_CHOICES), "TA_SCALING_COEF": Range(0),
                              "TIES_K": Range(0, 100, lo_open=True), "NUM_ORDERS": Range(1)})
+    # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
+    from src.files import display_path
+    from src.plots import continual_curves
+    from src.protocols import continual, continual_summary
+    from src.run import Run
+    from src.task_orders import task_orders
     with Run(args, "opcm") as run:
         suite, methods = run.suite, [m.strip() for m in args.method.split(",")]
         steps = continual({m: functools.partial(merger, m, suite.pretrained, args, len(suite.tasks)) for m in methods},

@@ -5,9 +5,8 @@ Defaults reproduce the 72.92 average (ViT-B/32, task_vectors checkpoints): K is 
 checkpoint, the zero text-side leftovers included, as the reference did; `--vision-only-k` counts only the image
 tower (the corrected variant). Writes ties_merging.csv to results/<model>/ties_merging-<settings hash>/.
 """
-from src.cli import Range, Run, entry, parse_args
-from src.merging import ties_merging
-from src.merging.ties import MERGE_FUNCS
+from src.cli import Range, entry, parse_args
+from src.options import MERGE_FUNCS
 
 K = 20.0  # percent of each task vector kept (0.2 means the same)
 SCALING_COEF = 0.3  # λ; the AdaMerging logs' TIES row uses 0.3
@@ -19,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, {"K": K, "SCALING_COEF": SCALING_COEF, "MERGE_FUNC": MERGE_FUNC,
                                 "VISION_ONLY_K": VISION_ONLY_K}, argv,
                       rules={"K": Range(0, 100, lo_open=True), "MERGE_FUNC": MERGE_FUNCS})
+    # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
+    from src.merging import ties_merging
+    from src.run import Run
     with Run(args, "ties_merging") as run:
         merged = ties_merging(run.suite.pretrained, run.suite.all_finetuned(), k=args.k,
                               scaling_coef=args.scaling_coef, merge_func=args.merge_func,

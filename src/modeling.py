@@ -13,7 +13,8 @@ import open_clip
 import torch
 from torch import nn
 
-DEMO_MODEL = "demo"
+from src.demo import MODEL as DEMO_MODEL
+
 # OpenAI's CLIP weights use QuickGELU; open_clip 2.0.2 built them that way when task_vectors fine-tuned them.
 _QUICK_GELU = {"ViT-B-32", "ViT-B-16", "ViT-L-14", DEMO_MODEL}
 open_clip.add_model_config(Path(__file__).resolve().parent / "demo" / f"{DEMO_MODEL}.json")

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from src.checkpoints import StateDict
-from src.merging.adamerging import SAMPLINGS, AdaMerging, BatchStream, seeded_batches
+from src.merging.adamerging import AdaMerging, BatchStream, seeded_batches
+from src.options import SAMPLINGS
 
 
 class BatchSampler:

@@ -6,7 +6,8 @@ import pytest
 import main_emr_merging
 import main_task_arithmetic
 import main_ties_merging
-from src import cli
+from src import cli, run
+from src.run import Run, open_suite
 from src.checkpoints import CheckpointError
 from src.files import REPO
 from src.demo.publish import PUBLISHED
@@ -26,14 +27,14 @@ def test_explicit_checkpoint_folder_that_is_missing_files_is_an_error_listing_th
     (tmp_path / "ViT-B-32").mkdir()
     args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--tasks", "MNIST,DTD"])
     with pytest.raises(CheckpointError) as err:
-        cli.open_suite(args)
+        open_suite(args)
     message = str(err.value)
     assert "zeroshot.pt" in message and "MNIST/finetuned.pt" in message and "DTD/finetuned.pt" in message
 
 
 def test_without_real_checkpoints_the_demo_runs_with_a_banner(capsys):
     # The repo's checkpoints/ holds only demo/, so asking for ViT-L-14 without --checkpoints falls back.
-    suite = cli.open_suite(cli.parse_args("d", {}, ["--model", "ViT-L-14", "--tasks", TWO]))
+    suite = open_suite(cli.parse_args("d", {}, ["--model", "ViT-L-14", "--tasks", TWO]))
     assert suite.family == "demo" and suite.tasks == TWO.split(",")
     assert "DEMO SUITE" in capsys.readouterr().err
 
@@ -87,7 +88,7 @@ def test_committed_demo_results_reproduce(method, tmp_path_factory):
 
 
 def test_committed_provenance_names_checkpoints_relative_to_the_repo_so_any_clone_reuses_it():
-    suite = cli.open_suite(cli.parse_args("d", {}, ["--demo"]))
+    suite = open_suite(cli.parse_args("d", {}, ["--demo"]))
     committed = json.loads((PUBLISHED / "zeroshot.json").read_text())["checkpoint_sha256"]
     assert committed == suite.checkpoint_hashes()
     assert all(not key.startswith("/") for key in committed)
@@ -97,13 +98,13 @@ def test_demo_checkpoints_copied_elsewhere_still_evaluate_the_generated_demo_tas
     import shutil
     shutil.copytree(REPO / "checkpoints" / "demo", tmp_path / "demo")
     args = cli.parse_args("d", {}, ["--checkpoints", str(tmp_path), "--model", "demo"])
-    suite = cli.open_suite(args)
+    suite = open_suite(args)
     assert suite.family == "task_vectors" and suite.data_source == "demo"
-    assert suite.tasks == cli.DEMO_TASKS  # the demo CLIP's default tasks are its own eight, not TA8
+    assert suite.tasks == list(run.DEMO_TASKS)  # the demo CLIP's default tasks are its own eight, not TA8
     assert suite.task_data("Colors").classnames[:2] == ["red", "green"]
 
 
 def test_route_hf_without_hf_checkpoints_is_an_error_not_the_demo(tmp_path):
     args = cli.parse_args("d", {}, ["--route", "hf", "--tasks", "MNIST"])
     with pytest.raises(CheckpointError, match="python -m src.download --route hf"):
-        cli.open_suite(args)
+        open_suite(args)

@@ -10,7 +10,8 @@ import main_layer_wise_adamergingpp
 import main_opcm
 import main_task_arithmetic
 import main_ties_merging
-from src import cli
+from src import cli, run
+from src.run import Run, open_suite
 from src.checkpoints import CheckpointError
 
 
@@ -34,7 +35,7 @@ from src.checkpoints import CheckpointError
 def test_bad_flags_stop_at_parsing(script, argv, names, capsys, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the flags were checked")
-    monkeypatch.setattr(cli, "open_suite", no_work)
+    monkeypatch.setattr(run, "open_suite", no_work)
     with pytest.raises(SystemExit) as exit_info:
         script.main(argv)
     assert exit_info.value.code == 2
@@ -53,23 +54,23 @@ def test_cuda_asked_without_a_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = cli.parse_args("d", {}, ["--device", "cuda", "--demo"])
     with pytest.raises(ValueError, match="--device cuda: no CUDA device is available here"):
-        cli.Run(args, "task_arithmetic")
+        Run(args, "task_arithmetic")
 
 
 def test_an_incomplete_checkpoint_folder_is_listed_not_replaced_by_the_demo(tmp_path, monkeypatch):
     (tmp_path / "ViT-B-32" / "SUN397").mkdir(parents=True)
     (tmp_path / "ViT-B-32" / "zeroshot.pt").write_bytes(b"")
-    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(run, "DEFAULT_CHECKPOINTS", tmp_path)
     args = cli.parse_args("d", {}, ["--tasks", "SUN397,Cars"])
     with pytest.raises(CheckpointError) as info:
-        cli.open_suite(args)
+        open_suite(args)
     assert "SUN397/finetuned.pt" in str(info.value) and "Cars/finetuned.pt" in str(info.value)
     (tmp_path / "ViT-B-32").rename(tmp_path / "elsewhere")  # no folder at all: the demo, with its banner
-    assert cli.open_suite(args).family == "demo"
+    assert open_suite(args).family == "demo"
 
 
 def test_a_merge_with_nan_is_refused_naming_the_tensor():
-    suite = cli.open_suite(cli.parse_args("d", {}, ["--demo", "--tasks", "Colors", "--device", "cpu"]))
+    suite = open_suite(cli.parse_args("d", {}, ["--demo", "--tasks", "Colors", "--device", "cpu"]))
     broken = dict(suite.pretrained)
     broken["model.visual.ln_post.weight"] = broken["model.visual.ln_post.weight"] * float("nan")
     with pytest.raises(FloatingPointError, match="merge Colors: tensor 'model.visual.ln_post.weight'"):
@@ -95,3 +96,22 @@ def test_entry_prints_one_line_and_exit_codes(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["main_task_arithmetic.py", "--debug"])
     with pytest.raises(CheckpointError):
         cli.entry(failing)
+
+
+def test_parsing_imports_nothing_heavy_so_help_and_flag_errors_answer_at_once():
+    """What `--help` costs is what the script imports before parsing (bench/help.py measures the time)."""
+    import subprocess
+    from src.files import REPO
+    probe = ("import sys\n"
+             "for name in ['main_task_arithmetic', 'main_ties_merging', 'main_layer_wise_adamergingpp',\n"
+             "             'main_emr_merging', 'main_opcm']:\n"
+             "    script = __import__(name)\n"
+             "    for argv in (['--help'], ['--k', '150'], ['--tasks', 'NotATask']):\n"
+             "        try:\n"
+             "            script.main(argv)\n"
+             "        except SystemExit:\n"
+             "            pass\n"
+             "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'open_clip', 'transformers') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -16,7 +16,7 @@ import torch
 import main_layer_wise_adamergingpp
 import main_opcm
 import main_task_arithmetic
-from src import cli
+from src import cli, run
 from src.demo.publish import PUBLISHED
 from src.files import REPO, Busy, exclusive
 from src.suite import Suite
@@ -157,7 +157,7 @@ def test_an_unwritable_results_folder_fails_before_any_work(tmp_path, monkeypatc
 def test_a_full_disk_still_shows_the_accuracies_then_one_error_line(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.csv"))
-    monkeypatch.setattr(cli, "write_results", full)
+    monkeypatch.setattr(run, "write_results", full)
     monkeypatch.setattr(sys, "argv", ["main_task_arithmetic.py"])
     with pytest.raises(SystemExit) as stop:
         cli.entry(lambda: main_task_arithmetic.main(TWO + ["--results", str(tmp_path)]))

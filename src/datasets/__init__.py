@@ -1,5 +1,8 @@
-"""Datasets: one wrapper per task, a registry, and the task lists (docs/data.md)."""
-from src.datasets.registry import TaskData, get_task, known_tasks, register
+"""Datasets: one wrapper per task, a registry, and the task lists (docs/data.md).
+
+The task lists import nothing heavy; the registry (`get_task`, `known_tasks`, `register`, `TaskData`) loads on
+first use, with torch and the task modules.
+"""
 
 # The order every reference script and log uses.
 TA8 = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -14,9 +17,11 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 __all__ = ["TaskData", "get_task", "known_tasks", "register", "TA8", "TALL14", "TALL20", "TASK_LISTS", "parse_tasks"]
+_REGISTRY = ("TaskData", "get_task", "known_tasks", "register")
 
-# Tasks register themselves on import (the real datasets from folders and from Hugging Face, and the demo's);
-# importing them here makes them known wherever tasks are.
-import src.datasets.huggingface  # noqa: E402,F401
-import src.datasets.tasks  # noqa: E402,F401
-import src.demo.tasks  # noqa: E402,F401
+
+def __getattr__(name: str):
+    if name in _REGISTRY:
+        from src.datasets import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module 'src.datasets' has no attribute {name!r}")

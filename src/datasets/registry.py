@@ -43,6 +43,7 @@ def register(name: str, source: str = "folders"):
 
 
 def get_task(name: str, location=None, source: str = "folders") -> TaskData:
+    _plug_in()
     if (source, name) not in _FACTORIES:
         raise KeyError(f"unknown task '{name}' for data source '{source}'; known tasks: "
                        f"{', '.join(known_tasks(source))}")
@@ -50,4 +51,13 @@ def get_task(name: str, location=None, source: str = "folders") -> TaskData:
 
 
 def known_tasks(source: str = "folders") -> list[str]:
+    _plug_in()
     return sorted(name for src, name in _FACTORIES if src == source)
+
+
+def _plug_in() -> None:
+    """Import the modules whose tasks register themselves (from folders, from Hugging Face, the demo's) at the first
+    lookup rather than with the package, so that the task lists stay importable without torch."""
+    import src.datasets.huggingface  # noqa: F401
+    import src.datasets.tasks  # noqa: F401
+    import src.demo.tasks  # noqa: F401

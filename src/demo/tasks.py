@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from src.datasets.registry import TaskData, register
-from src.demo import world
+from src.demo import TASK_NAMES, world
 
 SPLIT_SIZES = {"train": 20000, "test": 600}
 # The per-channel mean and std open_clip normalises with (OpenAI CLIP's), used by `tensors` for fast training.
@@ -61,7 +61,8 @@ TASKS = [
              ["a photo of a {} background.", "a {} scene.", "something on a {} background."],
              dict(objects=(1, 3), noise=(10.0, 30.0))),
 ]
-TASK_NAMES = [t.name for t in TASKS]
+if tuple(t.name for t in TASKS) != TASK_NAMES:
+    raise ImportError(f"src.demo.TASK_NAMES {TASK_NAMES} must list the tasks defined here, in order")
 _BY_NAME = {t.name: t for t in TASKS}
 
 

@@ -38,8 +38,8 @@ How it computes (same objective and update, different machinery):
 
 Batches: the reference draws the first `batches_per_task` batches of a fresh shuffle of each test set at every step
 (`seeded_batches`); FusionBench draws the next batch of an endless shuffled loader, reshuffled at each pass
-(`BatchStream`). `FUSIONBENCH` holds FusionBench's settings (the reference's are the defaults here); on Hugging Face
-checkpoints FusionBench also learns one coefficient per q, k and v projection (199 rows on ViT-B/32), because its
+(`BatchStream`). `src.options.FUSIONBENCH` holds FusionBench's settings (the reference's are the
+defaults); on Hugging Face checkpoints FusionBench also learns one coefficient per q, k and v projection (199 rows on ViT-B/32), because its
 tensors are separate there.
 """
 from __future__ import annotations
@@ -55,16 +55,11 @@ from torch import nn
 from torch.func import functional_call
 
 from src.files import atomic_write, write_text
+from src.options import GRANULARITIES
 from src.task_vectors import StateDict, vector_keys
 
-GRANULARITIES = ("layer", "task")
 TASK_WISE_ROW = "*"  # the CSV row name of a task-wise coefficient vector: it applies to every tensor
 
-
-# FusionBench's adaptation settings (config/method/adamerging/clip.yaml and its entropy_loss; docs/hf_route.md),
-# where they differ from the AdaMerging repository's, which are this module's and the script's defaults.
-FUSIONBENCH = {"steps": 1000, "batches_per_task": 1, "clamp": False, "entropy_eps": 1e-8, "sampling": "stream"}
-SAMPLINGS = ("fresh", "stream")
 
 
 def softmax_entropy(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

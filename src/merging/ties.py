@@ -40,9 +40,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from src.options import MERGE_FUNCS
 from src.task_vectors import StateDict, changed_keys, check_finetuned, image_tower_keys
 
-MERGE_FUNCS = ("sum", "mean", "max")
 _CHUNK = 1 << 16          # entries per task vector per block: K blocks of 256 KiB stay in the CPU caches
 _ABS = 0x7FFFFFFF         # clears the sign bit: for |x| the int32 bit pattern orders like the float value
 _HIGH_SHIFT = 16

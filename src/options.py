@@ -1,0 +1,9 @@
+"""The allowed values of the methods' options, importable without torch: the entry scripts check their flags against
+them before anything heavy loads, and the methods check their arguments against the same values."""
+
+MERGE_FUNCS = ("sum", "mean", "max")  # TIES: how the agreeing entries are combined
+GRANULARITIES = ("layer", "task")  # AdaMerging: one coefficient per tensor and task, or per task
+SAMPLINGS = ("fresh", "stream")  # AdaMerging: how unlabeled test batches are drawn (src.protocols.BatchSampler)
+# FusionBench's adaptation settings (config/method/adamerging/clip.yaml and its entropy_loss; docs/hf_route.md),
+# where they differ from the AdaMerging repository's, which are the AdaMerging module's and script's defaults.
+FUSIONBENCH = {"steps": 1000, "batches_per_task": 1, "clamp": False, "entropy_eps": 1e-8, "sampling": "stream"}
