@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,12 @@ def _positive_int(text: str) -> int:
 
 def entry(main: Callable[[], None]) -> None:
     """Run an entry script's `main` as a command: an error prints one line `error: <message>` and exits 1 (the
-    traceback only with --debug); Ctrl-C exits 130 with one line."""
+    traceback only with --debug); Ctrl-C exits 130 with one line.
+
+    OpenMP threads wait passively for work unless OMP_WAIT_POLICY says otherwise: with the default spin-wait, a
+    2-core machine with anything else running made an AdaMerging step 40x slower. It has to be set before torch
+    loads, which the scripts do only after parsing."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         main()
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """The 20 task wrappers on fabricated trees in each real layout: labels, images, class names, counts, errors."""
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_check_command_reports_each_task(tree, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(FIXTURE_SIZES_ENV, str(tmp_path / "sizes.json"))
     assert check_main(["--data", str(root), "--tasks", "MNIST,SVHN,PCAM,Cars"]) == 1
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
-    assert "ok" in lines["MNIST"] and "6 test images, 10 classes" in lines["MNIST"]
+    assert "ok" in lines["MNIST"] and "6 test images decoded, 10 classes" in lines["MNIST"]
     assert "wrong" in lines["SVHN"] and "expected 99 images, found 5" in lines["SVHN"]
     assert "missing" in lines["PCAM"] and "camelyonpatch_level_2_split_test_x.h5" in lines["PCAM"]
     assert "ok" in lines["Cars"]
@@ -168,3 +169,24 @@ def test_fer2013_csv_codes_are_scored_against_the_right_names(tmp_path, monkeypa
     split = data.split("test", None)
     named = [data.classnames[split[i][1]] for i in range(len(split))]
     assert named == ["angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral"]
+
+
+def test_check_decodes_every_image_and_names_the_bad_files_and_their_class(tree, tmp_path, monkeypatch, capsys):
+    """A truncated JPEG, a text file named .jpg and an empty file pass a listing; decoding finds them."""
+    root, _ = tree
+    monkeypatch.setenv(FIXTURE_SIZES_ENV, str(root / "fixture_sizes.json"))
+    shutil.copytree(root / "dtd", tmp_path / "dtd")
+    files = sorted((tmp_path / "dtd" / "test").rglob("*.*"))
+    truncated, text, empty = files[0], files[1], files[-1]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    text.write_text("not an image")
+    empty.write_bytes(b"")
+    assert check_main(["--data", str(tmp_path), "--tasks", "DTD", "--no-decode"]) == 0  # the listing is fine
+    capsys.readouterr()
+    assert check_main(["--data", str(tmp_path), "--tasks", "DTD"]) == 1
+    out = capsys.readouterr().out
+    assert "wrong" in out and "3 of " in out
+    for bad in (truncated, text, empty):
+        assert f"{bad} (class '{bad.parent.name}'): not a readable image" in out
+    with pytest.raises(DatasetError, match=f"{empty}.*not a readable image"):
+        get_task("DTD", tmp_path).split("test", None)[files.index(empty)]

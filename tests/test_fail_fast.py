@@ -115,3 +115,16 @@ def test_parsing_imports_nothing_heavy_so_help_and_flag_errors_answer_at_once():
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given, expected):
+    import os
+    import subprocess
+    from src.files import REPO
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    probe = "import os, src.cli\nsrc.cli.entry(lambda: print(os.environ['OMP_WAIT_POLICY']))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == expected, done.stderr

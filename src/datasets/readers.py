@@ -43,8 +43,14 @@ class Samples:
 
     def image(self, index: int) -> Image.Image:
         if self.paths is not None:
-            with open(self.paths[index], "rb") as f:
-                return Image.open(f).convert("RGB")  # torchvision's default loader
+            try:
+                with open(self.paths[index], "rb") as f:
+                    return Image.open(f).convert("RGB")  # torchvision's default loader
+            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for empty, truncated or foreign files
+                label = int(self.labels[index])
+                name = self.classnames[label] if self.classnames else f"label {label}"
+                raise DatasetError(f"{self.paths[index]} (class '{name}'): not a readable image ({e}); replace or "
+                                   "remove the file, then run `python -m src.datasets.check`") from None
         image = Image.fromarray(self.arrays[index])
         return image.transpose(Image.Transpose.TRANSPOSE) if self.transpose else image
 
