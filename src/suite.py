@@ -155,7 +155,16 @@ class OpenClipSuite(Suite):
 
     @functools.cached_property
     def _text_model(self):
-        model, _, _ = create_clip(self.model, pretrained=self.text_tower)
+        try:
+            model, _, _ = create_clip(self.model, pretrained=self.text_tower)
+        except RuntimeError as e:
+            if Path(self.text_tower).is_file():
+                raise
+            raise RuntimeError(
+                f"the zero-shot heads need the text tower of open_clip's '{self.text_tower}' {self.model} weights, "
+                f"which are not in the Hugging Face cache and could not be fetched ({str(e).splitlines()[0]}). Run "
+                "once with internet access (open_clip keeps them in the cache), or put task_vectors' "
+                "head_<Task>.pt files beside the checkpoints (README, 'Getting the checkpoints and data')") from None
         return model
 
 

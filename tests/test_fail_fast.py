@@ -128,3 +128,16 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given, exp
     probe = "import os, src.cli\nsrc.cli.entry(lambda: print(os.environ['OMP_WAIT_POLICY']))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.stdout.strip() == expected, done.stderr
+
+
+def test_a_missing_open_clip_text_tower_says_what_to_fetch(tmp_path, monkeypatch):
+    from src import suite as suite_module
+    from src.checkpoints import CheckpointSet
+
+    def offline(model, pretrained=None):
+        raise RuntimeError(f"Failed to download weights for tag '{pretrained}': no network")
+    monkeypatch.setattr(suite_module, "create_clip", offline)
+    found = CheckpointSet("ViT-B-32", "task_vectors", tmp_path / "zeroshot.pt", {})
+    suite = suite_module.OpenClipSuite(found, ["MNIST"], text_tower="openai")
+    with pytest.raises(RuntimeError, match="text tower of open_clip's 'openai' ViT-B-32 weights.*head_<Task>.pt"):
+        suite._text_model

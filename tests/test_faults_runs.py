@@ -165,3 +165,17 @@ def test_a_full_disk_still_shows_the_accuracies_then_one_error_line(tmp_path, mo
     assert stop.value.code == 1
     assert "task_arithmetic" in out and "avg" in out  # the table was printed before the write failed
     assert err.strip().splitlines()[-2].startswith("error: [Errno 28] No space left on device")
+
+
+def test_reevaluate_evaluates_each_baseline_once(tmp_path, monkeypatch):
+    main_task_arithmetic.main(TWO + ["--results", str(tmp_path)])
+    evaluated = []
+    original = Suite.evaluate
+
+    def counting(self, weights, desc, tasks=None):
+        evaluated.append((desc, tuple(tasks or self.tasks)))
+        return original(self, weights, desc, tasks)
+    monkeypatch.setattr(Suite, "evaluate", counting)
+    main_task_arithmetic.main(TWO + ["--results", str(tmp_path), "--reevaluate"])
+    assert sorted(d for d, _ in evaluated) == ["individual", "task arithmetic", "zero-shot"]
+    assert len(pd.read_csv(tmp_path / "demo" / "baselines.csv")) == 2 * 2  # rows replaced, not added
