@@ -73,8 +73,6 @@ def test_resuming_from_a_later_state_differs_from_starting_over(setting):
     assert not torch.equal(wrong.coefficients, full.coefficients)
 
 
-
-
 def test_continual_keeps_finished_orders_and_redoes_a_partial_one():
     pretrained = {"w": torch.zeros(3)}
     models = {t: {"w": torch.full((3,), float(i + 1))} for i, t in enumerate("abc")}
