@@ -7,7 +7,7 @@ import main_emr_merging
 import main_task_arithmetic
 import main_ties_merging
 from src import cli, run
-from src.run import Run, open_suite
+from src.run import open_suite
 from src.checkpoints import CheckpointError
 from src.files import REPO
 from src.demo.publish import PUBLISHED
