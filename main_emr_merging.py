@@ -13,7 +13,7 @@ ABLATION = True  # also evaluate the unified vector alone (no masks, no rescaler
 SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers) to <results>/emr_model.safetensors
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(__doc__, {"GLOBAL_RESCALER": GLOBAL_RESCALER, "ABLATION": ABLATION, "SAVE": SAVE}, argv)
     # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
     from src.merging import emr_merging
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             unified = emr_merging(run.suite.pretrained, run.suite.all_finetuned(), unified_only=True)
             run.report("emr_merging_unified_only",
                        run.suite.evaluate(unified.task_state_dict(0), "EMR unified only"))
+        return run.out
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ METHOD_NAMES = {"layer_wise_pp": "layer_wise_adamergingpp", "layer_wise": "layer
                 "task_wise_pp": "task_wise_adamergingpp", "task_wise": "task_wise_adamerging"}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(__doc__, {"VARIANT": VARIANT, "PRESET": PRESET, "STEPS": STEPS, "LR": LR, "INIT": INIT,
                                 "ADAPT_BATCH_SIZE": ADAPT_BATCH_SIZE, "BATCHES_PER_TASK": BATCHES_PER_TASK,
                                 "CLAMP": CLAMP, "ENTROPY_EPS": ENTROPY_EPS, "SAMPLING": SAMPLING,
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         training_curves(history, run.out / f"{method}_curves.png", f"{method} ({suite.model})")
         run.report(method, final, seed=args.seed, steps=int(history.step.max()), preset=args.preset,
                    init_avg_accuracy=sum(result.init.values()) / len(tasks), **paths)
+        return run.out
 
 
 def apply_auto_preset(args, suite) -> None:

@@ -43,7 +43,7 @@ def _unknown_methods(spec: str) -> str | None:
     return f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}" if unknown or not spec.strip() else None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(__doc__, {"METHOD": METHOD, "ALPHA": ALPHA, "ZERO_DIAGONAL": ZERO_DIAGONAL,
                                 "MERGE_CLASS_EMBEDDING": MERGE_CLASS_EMBEDDING, "TA_SCALING_COEF": TA_SCALING_COEF,
                                 "TIES_K": TIES_K, "NUM_ORDERS": NUM_ORDERS, "SEED": SEED}, argv, prefer_route="hf",
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         continual_curves(steps, run.out / "opcm.png", f"{suite.model}, {len(suite.tasks)} tasks, "
                                                       f"{args.num_orders} orders")
         print(f"results: {display_path(path)}, opcm_steps.csv and opcm.png beside it")
+        return run.out
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from src.cli import entry, parse_args
 SCALING_COEF = 0.3  # λ; the AdaMerging and EMR papers' Task Arithmetic rows use 0.3
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(__doc__, {"SCALING_COEF": SCALING_COEF}, argv)
     # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
     from src.merging import task_arithmetic
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     with Run(args, "task_arithmetic") as run:
         merged = task_arithmetic(run.suite.pretrained, run.suite.all_finetuned(), args.scaling_coef)
         run.report("task_arithmetic", run.suite.evaluate(merged, "task arithmetic"))
+        return run.out
 
 
 if __name__ == "__main__":

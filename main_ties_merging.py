@@ -14,7 +14,7 @@ MERGE_FUNC = "sum"  # "sum" (disjoint sum, the ViT scripts' default), "mean" or 
 VISION_ONLY_K = False  # True: the top-K threshold over model.visual.* only
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(__doc__, {"K": K, "SCALING_COEF": SCALING_COEF, "MERGE_FUNC": MERGE_FUNC,
                                 "VISION_ONLY_K": VISION_ONLY_K}, argv,
                       rules={"K": Range(0, 100, lo_open=True), "MERGE_FUNC": MERGE_FUNCS})
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                               scaling_coef=args.scaling_coef, merge_func=args.merge_func,
                               vision_only_k=args.vision_only_k)
         run.report("ties_merging", run.suite.evaluate(merged, "TIES"))
+        return run.out
 
 
 if __name__ == "__main__":

@@ -383,6 +383,13 @@ def _existing(*candidates: Path) -> Path:
     return candidates[0]
 
 
+def routes_present(root: str | os.PathLike, model: str) -> list[str]:
+    """The checkpoint routes whose pretrained model is present for `model`: 'task_vectors' under `root`, 'hf' under
+    `root` or in the hub cache."""
+    return [route for route, present in (("task_vectors", _tv_present(Path(root), model)),
+                                          ("hf", _hf_layout_present(Path(root), model))) if present]
+
+
 def _tv_present(root: Path, model: str) -> bool:
     return _existing(root / model / "zeroshot.pt").exists()
 

@@ -84,6 +84,9 @@ def parse_args(description: str, hyperparameters: Mapping[str, object], argv: li
     runs.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="where results tables go")
     runs.add_argument("--reevaluate", action="store_true",
                       help="evaluate zero-shot and individual models again instead of reusing stored tables")
+    runs.add_argument("--skip-done", action="store_true",
+                      help="do nothing when a run with the same settings already finished with this code version "
+                           "(reproduce.py passes it)")
     runs.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     method = parser.add_argument_group("hyperparameters (constants at the top of the script)")
     given = argparse.ArgumentParser(add_help=False)  # the same flags without defaults: which ones were given
@@ -144,7 +147,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def entry(main: Callable[[], None]) -> None:
+class AlreadyDone(Exception):
+    """`--skip-done` found this run's folder finished by the same code version: nothing to do."""
+
+    def __init__(self, folder: Path):
+        super().__init__(f"{folder} already holds a finished run with these settings and this code version")
+        self.folder = folder
+
+
+def entry(main: Callable[[], object]) -> None:
     """Run an entry script's `main` as a command: an error prints one line `error: <message>` and exits 1 (the
     traceback only with --debug); Ctrl-C exits 130 with one line.
 
@@ -154,6 +165,8 @@ def entry(main: Callable[[], None]) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         main()
+    except AlreadyDone as done:
+        print(f"skipped: {done}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

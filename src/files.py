@@ -79,6 +79,15 @@ def exclusive(path: str | os.PathLike, *, what: str, wait_s: float = 0.0) -> Ite
         os.close(fd)
 
 
+def building(entry: str | os.PathLike, wait_s: float = 3600.0):
+    """Hold the lock of the cache entry `entry` (a file or folder, which need not exist yet) while it is checked
+    and built: concurrent jobs that need the same entry wait for the first one to finish it, then find it built,
+    instead of building it again side by side."""
+    entry = Path(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive(entry.parent / f".{entry.name}.lock", what=f"cache entry {entry}", wait_s=wait_s)
+
+
 def sha256(path: str | os.PathLike) -> str:
     """sha256 of a file (or of a folder's files, in sorted order), cached by path, size and mtime."""
     path = Path(path).resolve()

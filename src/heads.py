@@ -10,7 +10,8 @@ transformers' `CLIPModel` on the Hugging Face route (`hf_zeroshot_weights`, as F
 model's pooled output through `text_projection`, each class's prompts padded to the longest of them).
 
 Heads are cached on disk, keyed by the model, the text-tower weights, the class names and the templates; a cache
-whose key does not match is rebuilt.
+whose key does not match is rebuilt. Jobs running at once that need the same head build it once: the others wait for
+it (`src.files.building`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from src.files import atomic_write
+from src.files import atomic_write, building
 from src.modeling import ClassificationHead
 
 
@@ -72,11 +73,21 @@ def cache_key(model_name: str, text_tower_id: str, classnames: Sequence[str], te
 def cached_head(path: str | Path, key: str, build: Callable[[], ClassificationHead]) -> ClassificationHead:
     """The head stored at `path` if its key matches, else `build()` it and store it there."""
     path = Path(path)
-    if path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                return ClassificationHead(normalize=True, weights=f.get_tensor("weight"))
-    head = build()
-    with atomic_write(path) as tmp:
-        save_file({"weight": head.weight.detach().contiguous()}, str(tmp), metadata={"key": key})
+    if (head := _stored_head(path, key)) is not None:
+        return head
+    with building(path):
+        if (head := _stored_head(path, key)) is not None:  # built by another job while this one waited
+            return head
+        head = build()
+        with atomic_write(path) as tmp:
+            save_file({"weight": head.weight.detach().contiguous()}, str(tmp), metadata={"key": key})
     return head
+
+
+def _stored_head(path: Path, key: str) -> ClassificationHead | None:
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("key") != key:
+            return None
+        return ClassificationHead(normalize=True, weights=f.get_tensor("weight"))

@@ -89,7 +89,7 @@ def provenance(*, hyperparameters: dict, checkpoints: Mapping[str, str], seed: i
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "hyperparameters": hyperparameters,
         "seed": seed,
-        "git_commit": _git_commit(),
+        "git_commit": code_version(),
         "packages": {p: _version(p) for p in _PACKAGES},
         "python": platform.python_version(),
         "device": device,
@@ -124,7 +124,7 @@ def format_table(columns: Mapping[str, Mapping[str, float]], tasks: list[str]) -
     return "\n".join(lines)
 
 
-def _git_commit() -> str | None:
+def code_version() -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -166,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, nargs="?", default=REPO / "src" / "demo" / "results",
                         help="a run's folder, a folder of runs (results/<model>/: the latest run of each method), "
                              "or the committed demo tables [default]")
+    parser.add_argument("--reproduction", action="store_true",
+                        help="print the reproduce.py report of the results folder given (default: results/)")
     args = parser.parse_args(argv)
+    if args.reproduction:
+        from src.reproduction import report_text
+        print(report_text(REPO / "results" if args.folder == parser.get_default("folder") else args.folder))
+        return
     table = summary(args.folder)
     if table.empty:
         raise SystemExit(f"{args.folder}: no results tables found")

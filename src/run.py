@@ -13,12 +13,13 @@ from typing import Callable, Mapping, Sequence
 
 from src.baselines import Baselines
 from src.checkpoints import CheckpointError, find_checkpoints
-from src.cli import DEFAULT_CHECKPOINTS, DEMO_MODEL, DEMO_TASKS, task_list
+from src.cli import DEFAULT_CHECKPOINTS, DEMO_MODEL, DEMO_TASKS, AlreadyDone, task_list
 from src.eval import default_device
-from src.files import REPO, atomic_write, display_path, exclusive
-from src.results import format_table, paper_numbers, provenance, results_table, write_results
+from src.files import REPO, atomic_write, display_path, exclusive, write_text
+from src.results import code_version, format_table, paper_numbers, provenance, results_table, write_results
 from src.suite import Suite, make_suite
 
+DONE = ".done.json"  # written into a run's folder when the run finishes
 DEMO_ROOT = REPO / "checkpoints"  # where the bundled demo suite lives, whatever --checkpoints says
 _FAMILY_OF_ROUTE = {"auto": None, "task_vectors": "task_vectors", "hf": "fusionbench_hf"}
 DEMO_BANNER = """\
@@ -68,7 +69,9 @@ class Run:
     with other settings, another task list or other checkpoints never replaces another's tables, and rerunning the
     same settings finds its own folder again (the long protocols resume there). The folder is created and locked
     before any work: an unwritable folder fails at once, and a second run with the same settings stops with the
-    first one's pid instead of interleaving its files. `configure(args, suite)`, when given, settles the
+    first one's pid instead of interleaving its files. A run that finishes marks its folder done (with the code
+    version); with `--skip-done`, a run whose folder is marked done by the same code version raises `AlreadyDone`
+    at once. `configure(args, suite)`, when given, settles the
     hyperparameters that depend on the suite (presets) before the folder is named.
     """
 
@@ -97,6 +100,9 @@ class Run:
         except OSError as e:
             raise OSError(f"results folder {self.out} is not writable ({e.strerror or e}); pass --results DIR "
                           "with a writable folder") from None
+        if args.skip_done and self.finished_by() == code_version():
+            self._hold.close()
+            raise AlreadyDone(self.out)
         self._baseline_tables_written = False
         print(f"{name} on {self.suite.model} ({self.suite.family}, {len(self.suite.tasks)} tasks): "
               f"{describe_settings(args)}\noutput: {display_path(self.out)}/", file=sys.stderr)
@@ -104,8 +110,20 @@ class Run:
     def __enter__(self) -> "Run":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._hold.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:
+                write_text(self.out / DONE, json.dumps({"code_version": code_version(),
+                                                        "wall_time_s": round(time.time() - self.started, 2)}) + "\n")
+        finally:
+            self._hold.close()
+
+    def finished_by(self) -> str | None:
+        """The code version that last finished this run's settings ('' when none has)."""
+        try:
+            return json.loads((self.out / DONE).read_text())["code_version"]
+        except (OSError, ValueError, KeyError):
+            return ""
 
     @property
     def backbone(self) -> str:

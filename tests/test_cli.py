@@ -39,12 +39,31 @@ def test_without_real_checkpoints_the_demo_runs_with_a_banner(capsys):
     assert "DEMO SUITE" in capsys.readouterr().err
 
 
+def test_skip_done_skips_only_a_run_finished_with_the_same_settings_and_code_version(tmp_path, monkeypatch, capsys):
+    argv = ["--demo", "--tasks", TWO, "--results", str(tmp_path), "--skip-done"]
+    out = main_task_arithmetic.main(argv)
+    assert json.loads((out / ".done.json").read_text())["code_version"] == run.code_version()
+    written = (out / "task_arithmetic.csv").stat().st_mtime_ns
+    with pytest.raises(cli.AlreadyDone) as done:
+        main_task_arithmetic.main(argv)
+    assert done.value.folder == out and (out / "task_arithmetic.csv").stat().st_mtime_ns == written
+    monkeypatch.setattr("sys.argv", ["main_task_arithmetic.py", *argv])
+    cli.entry(lambda: main_task_arithmetic.main(argv))  # as a command: one line, and no error exit
+    assert "skipped: " in capsys.readouterr().out
+    assert main_task_arithmetic.main([*argv, "--scaling-coef", "0.4"]) != out  # other settings: a run of its own
+    monkeypatch.setattr(run, "code_version", lambda: "another-commit")
+    assert main_task_arithmetic.main(argv) == out and (out / "task_arithmetic.csv").stat().st_mtime_ns > written
+    (out / ".done.json").unlink()  # as after an interrupted run: never marked done
+    monkeypatch.undo()
+    assert main_task_arithmetic.main(argv) == out
+
+
 def test_the_entry_script_writes_tables_and_reuses_reference_rows(tmp_path, monkeypatch):
     argv = ["--demo", "--tasks", TWO, "--results", str(tmp_path)]
     main_task_arithmetic.main(argv)
     out = run_folder(tmp_path, "task_arithmetic")
-    assert {p.name for p in out.iterdir()} == {".lock"} | {f"{m}.{e}" for m in ("zeroshot", "individual",
-                                                                              "task_arithmetic") for e in ("csv", "json")}
+    tables = {f"{m}.{e}" for m in ("zeroshot", "individual", "task_arithmetic") for e in ("csv", "json")}
+    assert {p.name for p in out.iterdir()} == {".lock", ".done.json"} | tables
     first = pd.read_csv(out / "task_arithmetic.csv")
     assert first.task.tolist() == ["Colors", "Scenes", "avg"]
 

@@ -4,7 +4,8 @@
 The first call runs the preprocess over the split once and stores the result under
 `<cache>/datasets/<Task>-<split>-<key>/`; later calls (any process) memory-map it. The key covers the task and split,
 the preprocess (its repr, which lists sizes, interpolation, mean and std) and every source file's path, size and
-modification time, so changing either makes a new entry.
+modification time, so changing either makes a new entry. Jobs running at once that need the same entry build it once:
+the others wait for it (`src.files.building`), then memory-map it.
 
 What is stored is exact, not an approximation: the preprocess is split in two stages (`src.preprocess.staged`:
 open_clip's torchvision transform at its ToTensor step, the Hugging Face CLIP image processor after its resize and
@@ -30,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.datasets.readers import SplitDataset
-from src.files import CACHE_DIR
+from src.files import CACHE_DIR, building
 from src.preprocess import describe, staged
 
 _FORMAT = 1
@@ -53,7 +54,9 @@ def cached(dataset: Dataset, cache_dir: str | os.PathLike | None = None, num_wor
     root = Path(cache_dir) if cache_dir is not None else CACHE_DIR / "datasets"
     folder = root / f"{dataset.identity.replace('/', '-')}-{cache_key(dataset, dataset.preprocess)}"
     if not (folder / "meta.json").exists():
-        _build(dataset, folder, num_workers)
+        with building(folder):
+            if not (folder / "meta.json").exists():  # not built by another job while this one waited
+                _build(dataset, folder, num_workers)
     return CachedSplit(folder, dataset.preprocess)
 
 
@@ -109,11 +112,7 @@ def _build(dataset: SplitDataset, folder: Path, num_workers: int) -> None:
         meta = {"identity": dataset.identity, "preprocess": describe(dataset.preprocess), "count": len(stage),
                 "stored": "uint8 before ToTensor" if as_uint8 else "float32 output", "format": _FORMAT}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.json").exists():  # not another process finishing the same entry first
-                raise
+        os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
