@@ -150,9 +150,9 @@ def _positive_int(text: str) -> int:
 class AlreadyDone(Exception):
     """`--skip-done` found this run's folder finished by the same code version: nothing to do."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, wall_time_s: float):
         super().__init__(f"{folder} already holds a finished run with these settings and this code version")
-        self.folder = folder
+        self.folder, self.wall_time_s = folder, wall_time_s
 
 
 def entry(main: Callable[[], object]) -> None:

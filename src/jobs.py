@@ -62,13 +62,14 @@ class CellJob(submitit.helpers.Checkpointable):
         argv = [*self.cell.argv(), *self.shared_argv, "--results", str(self.results), "--skip-done"]
         try:
             folder, status = main(argv), "done"
-        except AlreadyDone as done:
-            folder, status = done.folder, "skipped"
+            wall_time_s = time.time() - started
+        except AlreadyDone as done:  # the record keeps the time the run took, not the time to find it done
+            folder, status, wall_time_s = done.folder, "skipped", done.wall_time_s
         except SystemExit as e:  # a rejected flag: argparse has printed why to the log
             raise RuntimeError(f"{self.cell.script}.py {' '.join(argv)} exited with status {e.code}") from None
         return _write_record(self.results, self.cell, {
             "status": status, "run_folder": display_path(folder), "argv": argv,
-            "started": started, "wall_time_s": round(time.time() - started, 2),
+            "started": started, "wall_time_s": round(wall_time_s, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
@@ -109,18 +110,26 @@ class Launcher:
             sys.path.insert(0, str(REPO))
         limit = len(cells) if self.cluster == "slurm" else self.jobs  # Slurm queues; one machine takes `jobs`
         waiting, running, records = list(cells), {}, []
-        while waiting or running:
-            while waiting and len(running) < limit:
-                slot = min(set(range(limit)) - set(running))
-                cell = waiting.pop(0)
-                running[slot] = (cell, self.executor(cell, slot).submit(CellJob(cell, shared_argv, results)))
-            for slot, (cell, job) in list(running.items()):
-                if job.done():
-                    records.append(self._collect(cell, job, results))
-                    on_record(records[-1])
-                    del running[slot]
-            if running:
-                time.sleep(self.poll_s)
+        try:
+            while waiting or running:
+                while waiting and len(running) < limit:
+                    slot = min(set(range(limit)) - set(running))
+                    cell = waiting.pop(0)
+                    running[slot] = (cell, self.executor(cell, slot).submit(CellJob(cell, shared_argv, results)))
+                for slot, (cell, job) in list(running.items()):
+                    if job.done():
+                        records.append(self._collect(cell, job, results))
+                        on_record(records[-1])
+                        del running[slot]
+                if running:
+                    time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            # submitit's local jobs outlive the process that started them; stop them with it. Slurm jobs go on and
+            # record themselves: `reproduce.py --report-only` collects them later.
+            if self.cluster != "slurm":
+                for _, job in running.values():
+                    job.cancel(check=False)
+            raise
         return records
 
     @staticmethod

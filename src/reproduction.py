@@ -20,8 +20,8 @@ from src.results import paper_numbers
 
 REPORT = "REPRODUCTION"
 FAMILY = {"task_vectors": "task_vectors", "hf": "fusionbench_hf", DEMO_ROUTE: "demo"}
-COLUMNS = ["backbone", "route", "tasks", "kind", "method", "task", "status", "accuracy", "paper_accuracy", "delta_vs_paper",
-           "paper_source", "accuracy_std", "num_orders", "run_folder"]
+COLUMNS = ["backbone", "route", "tasks", "kind", "method", "task", "status", "accuracy", "paper_accuracy",
+           "delta_vs_paper", "paper_source", "accuracy_std", "num_orders", "run_folder"]
 
 
 def _folder(record: dict | None) -> Path | None:

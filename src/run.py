@@ -100,9 +100,10 @@ class Run:
         except OSError as e:
             raise OSError(f"results folder {self.out} is not writable ({e.strerror or e}); pass --results DIR "
                           "with a writable folder") from None
-        if args.skip_done and self.finished_by() == code_version():
+        finished = self.finished()
+        if args.skip_done and finished and finished["code_version"] == code_version():
             self._hold.close()
-            raise AlreadyDone(self.out)
+            raise AlreadyDone(self.out, finished["wall_time_s"])
         self._baseline_tables_written = False
         print(f"{name} on {self.suite.model} ({self.suite.family}, {len(self.suite.tasks)} tasks): "
               f"{describe_settings(args)}\noutput: {display_path(self.out)}/", file=sys.stderr)
@@ -118,12 +119,12 @@ class Run:
         finally:
             self._hold.close()
 
-    def finished_by(self) -> str | None:
-        """The code version that last finished this run's settings ('' when none has)."""
+    def finished(self) -> dict | None:
+        """How the last finished run with these settings ended (code version, wall time); None if none has."""
         try:
-            return json.loads((self.out / DONE).read_text())["code_version"]
-        except (OSError, ValueError, KeyError):
-            return ""
+            return json.loads((self.out / DONE).read_text())
+        except (OSError, ValueError):
+            return None
 
     @property
     def backbone(self) -> str:

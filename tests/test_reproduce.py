@@ -19,6 +19,7 @@ from src import grid, jobs, reproduction
 from src.demo.publish import PUBLISHED
 from src.files import REPO
 from src.grid import Cell
+from src.results import main as results_main
 from tests.fixtures import datasets as fx
 from tests.fixtures.runs import run_folder
 
@@ -169,16 +170,9 @@ def test_a_cell_killed_midway_resumes_where_it_stopped_when_the_grid_runs_again(
     first = []
     runner = threading.Thread(target=lambda: first.extend(_launcher(tmp_path).run([cell, quick], [], results)))
     runner.start()
-    state = None
-    deadline = time.time() + 120
-    while state is None and time.time() < deadline:
-        found = list((results / "demo").glob("layer_wise_adamergingpp-*/adaptation.state.pt"))
-        state = found[0] if found else None
-        time.sleep(0.1)
-    assert state is not None, "the adaptation never saved its state"
+    state, holder = _lock_holder(results, "layer_wise_adamergingpp-*/adaptation.state.pt")
     time.sleep(1.0)
-    holder = (state.parent / ".lock").read_text().split()[1]  # "pid N on host": the job's process
-    os.kill(int(holder), signal.SIGKILL)
+    os.kill(holder, signal.SIGKILL)
     runner.join(timeout=120)
     assert {r["cell"]: r["status"] for r in first} == {cell.id: "failed", quick.id: "done"}
 
@@ -190,14 +184,80 @@ def test_a_cell_killed_midway_resumes_where_it_stopped_when_the_grid_runs_again(
     assert list(history.step) == list(range(151)) and history.loss.iloc[1:].notna().all()
 
 
-def test_the_debug_executor_runs_a_cell_in_this_process(tmp_path):
+def _lock_holder(results, pattern, timeout_s=120):
+    """The pid of the job holding the run folder matching `pattern` once it has saved state."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = list((results / "demo").glob(pattern))
+        if found:
+            return found[0], int((found[0].parent / ".lock").read_text().split()[1])  # "pid N on host"
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern} under {results / 'demo'} after {timeout_s} s")
+
+
+def test_ctrl_c_on_the_grid_stops_its_local_jobs_too(tmp_path):
     results = tmp_path / "results"
-    cell = Cell("task_arithmetic", "demo", "demo", "demo", flags=("--tasks", "Colors"))
+    cell = Cell("layer_wise_adamergingpp", "demo", "demo", "demo", flags=("--tasks", "Colors", "--steps", "2000"))
+    holder = []
+
+    def interrupt():
+        holder.append(_lock_holder(results, "layer_wise_adamergingpp-*/adaptation.state.pt")[1])
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _launcher(tmp_path).run([cell], [], results)
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(holder[0]):
+        time.sleep(0.2)
+    assert not _alive(holder[0]), "the job went on after the grid was interrupted"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; only its parent has not collected it yet
+        return f.read().split()[2] != "Z"
+
+
+def test_the_debug_executor_runs_a_cell_in_this_process_and_the_report_shows_the_rest_as_not_run(tmp_path, capsys):
+    results = tmp_path / "results"
+    cell = Cell("task_arithmetic", "demo", "demo", "demo")
     [record] = _launcher(tmp_path, "debug", 1).run([cell], [], results)
     assert record["status"] == "done" and record["cell"] == cell.id and record["wall_time_s"] > 0
-    assert pd.read_csv(run_folder(results, "task_arithmetic") / "task_arithmetic.csv").task.tolist() == \
-        ["Colors", "avg"]
     assert jobs.read_record(results, cell) == record
+    text = reproduction.write_report(grid.demo_grid(), results).read_text()
+    table = pd.read_csv(results / "REPRODUCTION.csv")
+    assert table[table.method == "task_arithmetic"].set_index("task").accuracy.round(4).equals(
+        _committed("task_arithmetic").round(4))
+    assert set(table[~table.method.isin(["task_arithmetic", "zeroshot", "individual"])].status) == {"not run"}
+    assert "| ties_merging | not run | not run |" in text and "| opcm | not run |" in text
+    capsys.readouterr()  # what the run printed
+    results_main(["--reproduction", str(results)])  # python -m src.results prints the same report
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_a_slurm_cell_is_one_sbatch_job_with_its_partition_gpu_time_limit_and_requeue(tmp_path, monkeypatch):
+    # No cluster here: stand-ins for srun (submitit looks for it) and sbatch (keeps the script it is given).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cell = Cell("layer_wise_adamergingpp", "ViT-L-14", "TA8", "hf")
+    minutes = round(2.5 * grid.estimate_s(cell) / 60)
+    launcher = jobs.Launcher(cluster="slurm", folder=tmp_path / "logs", gpus_per_job=1, partition="gpu", retries=3,
+                             timeout_min=lambda c: 2.5 * grid.estimate_s(c) / 60)
+    job = launcher.executor(cell, slot=0).submit(jobs.CellJob(cell, [], tmp_path / "results"))
+    assert job.job_id == "4242"
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", f"#SBATCH --time={minutes}",
+                 f"#SBATCH --job-name={cell.id}", "#SBATCH --signal=USR2@90"):
+        assert line in script
+    assert "submitit.core._submit" in script and launcher.executor(cell, 0)._executor.max_num_timeout == 3
 
 
 # --- caches under concurrent jobs ---------------------------------------------------------------------------------
