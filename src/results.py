@@ -6,6 +6,7 @@ one for the same backbone, checkpoint family and method.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import resource
@@ -20,9 +21,8 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from src.files import atomic_write, write_text
+from src.files import REPO, atomic_write, write_text
 
-REPO = Path(__file__).resolve().parent.parent
 PAPER_TABLE = REPO / "results" / "paper_tables.csv"
 NORMALIZED_FORMULA = ("normalized_accuracy = 100 * accuracy / individual_accuracy on the same task "
                       "(individual = that task's own fine-tuned model); avg rows are unweighted means over tasks")
@@ -125,12 +125,14 @@ def format_table(columns: Mapping[str, Mapping[str, float]], tasks: list[str]) -
 
 
 def code_version() -> str | None:
+    """The git commit, plus `-dirty-<hash of the uncommitted diff>` when tracked files were edited: two different sets
+    of edits are two versions, so `--skip-done` redoes a run after an edit. None outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        diff = subprocess.run(["git", "diff", "HEAD", "--no-ext-diff", "--binary"], cwd=REPO, capture_output=True,
+                              check=True).stdout
+        return commit + (f"-dirty-{hashlib.sha256(diff).hexdigest()[:12]}" if diff else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -1,6 +1,9 @@
+import subprocess
+
 import pandas as pd
 import pytest
 
+from src import results
 from src.files import atomic_write
 from src.results import paper_numbers, results_table, write_results
 
@@ -50,3 +53,22 @@ def test_results_come_with_a_provenance_sidecar(tmp_path):
     write_results(tmp_path / "m.csv", table, {"seed": 3})
     assert (tmp_path / "m.json").read_text().strip().startswith("{")
     assert "normalized_accuracy" in (tmp_path / "m.csv").read_text().splitlines()[0]
+
+
+def test_code_version_tells_two_sets_of_uncommitted_edits_apart(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("A = 1\n")
+    git("add", "m.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m")
+    monkeypatch.setattr(results, "REPO", tmp_path)
+    clean = results.code_version()
+    assert len(clean) == 40
+    (tmp_path / "m.py").write_text("A = 2\n")
+    first = results.code_version()
+    (tmp_path / "m.py").write_text("A = 3\n")
+    second = results.code_version()
+    assert first.startswith(clean + "-dirty-") and second.startswith(clean + "-dirty-") and first != second
+    (tmp_path / "m.py").write_text("A = 1\n")
+    assert results.code_version() == clean
