@@ -6,7 +6,7 @@ Also evaluates the unified-vector-only ablation (θ₀ + τ_uni for every task) 
 (bit-packed masks) beside the results, reporting its size on disk. Writes emr_merging.csv and
 emr_merging_unified_only.csv to results/<model>/emr_merging-<settings hash>/.
 """
-from src.cli import entry, parse_args
+from src.cli import constants, entry, parse_args
 
 GLOBAL_RESCALER = False  # True: r_k from whole-model L1 norms instead of the reference's sum of per-tensor means
 ABLATION = True  # also evaluate the unified vector alone (no masks, no rescalers)
@@ -14,8 +14,9 @@ SAVE = True  # write the EMR model (unified vector, bit-packed masks, rescalers)
 
 
 def main(argv: list[str] | None = None):
-    args = parse_args(__doc__, {"GLOBAL_RESCALER": GLOBAL_RESCALER, "ABLATION": ABLATION, "SAVE": SAVE}, argv)
+    args = parse_args(__doc__, constants(globals()), argv)
     # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
+    from src.merge_files import save_emr
     from src.merging import emr_merging
     from src.run import Run
     with Run(args, "emr_merging") as run:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None):
         extra = {}
         if args.save:
             path = run.out / "emr_model.safetensors"
-            model.save(path)
+            save_emr(model, path)
             extra = {"emr_model_file": path.name, "emr_model_bytes": path.stat().st_size}
         # Each task gets its own model, rebuilt from the stored parts (never by adding and subtracting deltas).
         run.report("emr_merging", run.suite.evaluate(lambda task: model.task_state_dict(tasks.index(task)), "EMR"),

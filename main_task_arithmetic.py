@@ -4,13 +4,13 @@ Evaluates the zero-shot model, each fine-tuned model on its own task (individual
 writes {zeroshot,individual,task_arithmetic}.csv to results/<model>/task_arithmetic-<settings hash>/.
 Edit the constants below or pass them as flags (`--scaling-coef 0.3`); `--help` lists everything.
 """
-from src.cli import entry, parse_args
+from src.cli import constants, entry, parse_args
 
 SCALING_COEF = 0.3  # λ; the AdaMerging and EMR papers' Task Arithmetic rows use 0.3
 
 
 def main(argv: list[str] | None = None):
-    args = parse_args(__doc__, {"SCALING_COEF": SCALING_COEF}, argv)
+    args = parse_args(__doc__, constants(globals()), argv)
     # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
     from src.merging import task_arithmetic
     from src.run import Run

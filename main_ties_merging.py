@@ -5,7 +5,7 @@ Defaults reproduce the 72.92 average (ViT-B/32, task_vectors checkpoints): K is 
 checkpoint, the zero text-side leftovers included, as the reference did; `--vision-only-k` counts only the image
 tower (the corrected variant). Writes ties_merging.csv to results/<model>/ties_merging-<settings hash>/.
 """
-from src.cli import Range, entry, parse_args
+from src.cli import Range, constants, entry, parse_args
 from src.options import MERGE_FUNCS
 
 K = 20.0  # percent of each task vector kept (0.2 means the same)
@@ -15,8 +15,7 @@ VISION_ONLY_K = False  # True: the top-K threshold over model.visual.* only
 
 
 def main(argv: list[str] | None = None):
-    args = parse_args(__doc__, {"K": K, "SCALING_COEF": SCALING_COEF, "MERGE_FUNC": MERGE_FUNC,
-                                "VISION_ONLY_K": VISION_ONLY_K}, argv,
+    args = parse_args(__doc__, constants(globals()), argv,
                       rules={"K": Range(0, 100, lo_open=True), "MERGE_FUNC": MERGE_FUNCS})
     # Imported once the flags are checked: --help and a wrong flag answer before torch loads.
     from src.merging import ties_merging

@@ -19,12 +19,11 @@ median over 3 processes per setting for the demo, 1 process (3 timed steps) for 
 ru_maxrss (imports and setup included), with MALLOC_MMAP_THRESHOLD_=65536 by default (see MMAP_THRESHOLD).
 The final coefficients of both methods are compared (max |Δλ|).
 
-    python bench/adamerging.py              # writes bench/results/adamerging.csv, prints a markdown table
+    python -m bench.adamerging              # writes bench/results/adamerging.csv, prints a markdown table
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource
@@ -35,12 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-from src.merging.adamerging import AdaMerging, entropy_loss  # noqa: E402
-from src.task_vectors import vector_keys  # noqa: E402
+from bench import harness
+from src.merging.adamerging import AdaMerging
+from tests.naive_merging import NaiveAdaMerging
 
 SEED = 0
 TASK_VECTOR_SCALE = 1e-3
@@ -57,44 +55,6 @@ PLAN = {"demo": (2, 5, 3), "ViT-B-32": (1, 3, 1)}
 # Reference-style ViT-B/32 with 8 tasks would need ~16 GiB (8 merged model copies and 8 batches of activations
 # held for one backward, plus the task vectors) on a machine shared by five jobs: it is not run.
 SKIP = {("ViT-B-32", 8, "naive")}
-
-
-class NaiveAdaMerging:
-    """Reference-style layer-wise AdaMerging, the baseline (see the module docstring)."""
-
-    def __init__(self, encoder, pretrained, task_vectors, heads):
-        self.template = encoder.requires_grad_(False)
-        self.names = vector_keys(pretrained)
-        self.paramslist = [pretrained, *task_vectors]
-        self.heads = [h.requires_grad_(False) for h in heads]
-        self.raw = torch.full((len(self.names), len(task_vectors)), 0.3, requires_grad=True)
-        self.optimizer = torch.optim.Adam([self.raw], lr=1e-3, betas=(0.9, 0.999))
-
-    def coefficients(self):
-        return self.raw.detach().clamp(0, 1)
-
-    def _merged_model(self):
-        lam = torch.cat([torch.ones(len(self.names), 1), self.raw.clamp(0, 1)], 1)
-        model = copy.deepcopy(self.template)
-        for row, name in enumerate(self.names):
-            merged = sum(p[name] * lam[row, i] for i, p in enumerate(self.paramslist))
-            *path, leaf = name.split(".")
-            owner = model
-            for part in path:
-                owner = getattr(owner, part)
-            delattr(owner, leaf)
-            setattr(owner, leaf, merged)
-        return model
-
-    def step(self, batches_per_task):
-        total = 0.0
-        for task, batches in enumerate(batches_per_task):
-            for images in batches:
-                total = total + entropy_loss(self.heads[task](self._merged_model()(images)))
-        self.optimizer.zero_grad()
-        total.backward()
-        self.optimizer.step()
-        return total.item()
 
 
 def _setup(model_name: str, num_tasks: int, batches_per_task: int):
@@ -141,14 +101,15 @@ def child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, 
 
 def run_child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, threads: int,
               mmap_threshold: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", model_name, str(num_tasks), method, str(coefficients_out), str(threads)]
+    cmd = [sys.executable, "-m", __spec__.name, "--child", model_name, str(num_tasks), method, str(coefficients_out),
+           str(threads)]
     if model_name != "demo":
         cmd = ["flock", harness.LOCK, *cmd]
     load = os.getloadavg()[0]
     env = dict(os.environ)
     if mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=harness.ROOT).stdout
     return {**json.loads(out.strip().splitlines()[-1]), "loadavg": load}
 
 

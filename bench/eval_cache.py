@@ -10,7 +10,7 @@ as an evaluation does, without the model forward:
 
 Each measurement runs in its own process (one torch thread); the median of --runs runs is reported, wall and CPU
 seconds (CPU time is less disturbed by other jobs on a shared machine), with the peak RSS of that process.
-Usage: flock /tmp/heavy.lock python bench/eval_cache.py [--images 512] [--runs 3]
+Usage: flock /tmp/heavy.lock python -m bench.eval_cache [--images 512] [--runs 3]
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def fabricate(root: Path, images: int, size: int) -> None:
@@ -89,8 +88,9 @@ def main() -> None:
             for mode in results:
                 if mode == "first":
                     shutil.rmtree(work / "cache", ignore_errors=True)
-                out = subprocess.run([sys.executable, __file__, "--child", mode, str(work / "data"),
-                                      str(work / "cache")], check=True, capture_output=True, text=True).stdout
+                out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", mode, str(work / "data"),
+                                      str(work / "cache")], check=True, capture_output=True, text=True,
+                                     cwd=REPO).stdout
                 results[mode].append(json.loads(out.strip().splitlines()[-1]))
         checksums = {m: {round(r["checksum"], 3) for r in rs} for m, rs in results.items()}
         assert len(set.union(*checksums.values())) == 1, f"different tensors: {checksums}"

@@ -6,7 +6,7 @@ Each run starts from an empty results folder (so every cell and baseline is comp
 times, the speed-up of N jobs over one, and the estimate (`src.grid.estimates`, what --dry-run prints) over the
 measured grid time with one job. Per cell (one-job run): estimate and measured seconds, to bench/results/grid_cells.csv.
 The grid takes minutes, so each setting runs once (`--runs` repeats it and reports the median).
-Usage: python bench/grid.py [--jobs 1,2] [--methods ...] [--runs 1]  ->  bench/results/grid.csv
+Usage: python -m bench.grid [--jobs 1,2] [--methods ...] [--runs 1]  ->  bench/results/grid.csv
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from src import grid
+from src.files import write_text
 
-from src import grid  # noqa: E402
-from src.files import write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "bench" / "results" / "grid.csv"
 CELLS_OUT = ROOT / "bench" / "results" / "grid_cells.csv"

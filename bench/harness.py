@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -105,10 +104,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(script: str, args: list[str]) -> dict:
-    """Run `script --child args…` under the heavy-job lock; its last stdout line is a JSON object."""
-    cmd = ["flock", LOCK, sys.executable, script, "--child", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+def run_child(module: str, args: list[str]) -> dict:
+    """Run `python -m module --child args…` from the repository root under the heavy-job lock; its last stdout line
+    is a JSON object."""
+    cmd = ["flock", LOCK, sys.executable, "-m", module, "--child", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "loadavg": os.getloadavg()[0]}

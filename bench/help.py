@@ -5,7 +5,7 @@ moved after `parse_args`.
 Each measurement is a fresh process (`python main_<script>.py --help`, `... --batch-size 0`, and the baseline
 `python -c "import src.run, src.merging"`), timed from start to exit, with its peak RSS (`ru_maxrss` of the child).
 Reported per script: median and max wall time over --runs runs, and the baseline's median for the ratio.
-Usage: python bench/help.py [--runs 7]  ->  bench/results/help.csv
+Usage: python -m bench.help [--runs 7]  ->  bench/results/help.csv
 """
 from __future__ import annotations
 

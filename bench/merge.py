@@ -14,7 +14,7 @@ untimed, to report the file size. The table gives medians over --runs processes.
 implementations are compared (max |Δ| over all entries; for EMR, the unified vector, the rescalers and every mask
 bit).
 
-    python bench/merge.py                # writes bench/results/merge.csv, prints a markdown table
+    python -m bench.merge                # writes bench/results/merge.csv, prints a markdown table
 """
 from __future__ import annotations
 
@@ -26,16 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(harness.ROOT / "tests"))
-from naive_merging import naive_emr, naive_task_arithmetic, naive_ties  # noqa: E402
-from src.checkpoints import load_state_dict, save_state_dict  # noqa: E402
-from src.merging import emr_merging, task_arithmetic, ties_merging  # noqa: E402
-from src.task_vectors import vector_keys  # noqa: E402
+from bench import harness
+from src.checkpoints import load_state_dict, save_state_dict
+from src.merge_files import save_emr
+from src.merging import emr_merging, task_arithmetic, ties_merging
+from src.task_vectors import vector_keys
+from tests.naive_merging import naive_emr, naive_task_arithmetic, naive_ties
 
 NUM_TASKS = 8
 METHODS = ("task_arithmetic", "ties", "emr")
@@ -76,7 +74,7 @@ def child(method: str, impl: str, workdir: Path, out: str, threads: int) -> dict
     report = {"seconds": seconds, "peak_rss_mib": harness.peak_rss_mib(), "peak_anon_mib": anon.peak_mib}
     if method == "emr" and impl == "streaming":
         path = workdir / "emr.safetensors"
-        result.save(path)
+        save_emr(result, path)
         report["emr_file_bytes"] = path.stat().st_size
         report["emr_unified_bytes"] = sum(v.numel() * v.element_size() for v in result.unified.values())
         report["entries"] = result.num_entries
@@ -108,7 +106,7 @@ def main(workdir: Path, runs: int, threads: int, methods: list[str], out_csv: Pa
         for method in methods:
             for impl in IMPLS:
                 out = str(workdir / f"out_{method}_{impl}.safetensors") if run == 0 else "-"
-                results[method, impl].append(harness.run_child(__file__, [method, impl, str(workdir), out,
+                results[method, impl].append(harness.run_child(__spec__.name, [method, impl, str(workdir), out,
                                                                             str(threads)]))
                 r = results[method, impl][-1]
                 print(f"run {run} {method} {impl}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
@@ -116,7 +114,7 @@ def main(workdir: Path, runs: int, threads: int, methods: list[str], out_csv: Pa
     rows = []
     for method in methods:
         outs = [workdir / f"out_{method}_{impl}.safetensors" for impl in IMPLS]
-        diff = harness.run_child(__file__, ["compare", *map(str, outs)])
+        diff = harness.run_child(__spec__.name, ["compare", *map(str, outs)])
         for path in outs:
             path.unlink()
         medians = {impl: {key: statistics.median(r[key] for r in results[method, impl])

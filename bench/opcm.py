@@ -10,7 +10,7 @@ Each measurement is one process (under `flock /tmp/heavy.lock`); per process the
 2..N (step 1 only copies the first model); the table gives medians over --runs processes. Peak RSS includes the
 mapped checkpoint pages a process touched; "allocated" is the sampled peak of RssAnon (bench/harness.py).
 
-    python bench/opcm.py                 # writes bench/results/opcm.csv, prints a markdown table
+    python -m bench.opcm                 # writes bench/results/opcm.csv, prints a markdown table
 """
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-from src.checkpoints import load_state_dict  # noqa: E402
-from src.merging import OPCM  # noqa: E402
+from bench import harness
+from src.checkpoints import load_state_dict
+from src.merging import OPCM
 
 MODEL_COUNTS = (2, 4, 8)
 IMPLS = ("streaming", "eager")
@@ -59,7 +58,7 @@ def main(workdir: Path, runs: int, threads: int, out_csv: Path) -> None:
     for _ in range(runs):
         for n in MODEL_COUNTS:
             for impl in IMPLS:
-                r = harness.run_child(__file__, [impl, str(n), str(workdir), str(threads)])
+                r = harness.run_child(__spec__.name, [impl, str(n), str(workdir), str(threads)])
                 results[impl, n].append(r)
                 print(f"{impl} N={n}: {r['add_s']:.2f} s/add, peak RSS {r['peak_rss_mib']:.0f} MiB, "
                       f"allocated {r['peak_anon_mib']:.0f} MiB", file=sys.stderr, flush=True)

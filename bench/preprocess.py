@@ -11,14 +11,13 @@ difference of the final normalised tensors. Also the time per image of each (med
 
 Photographs: every PNG/JPEG in --images (a folder, or a .whl/.zip such as scikit-image's wheel, which ships 25
 test photographs: `pip download scikit-image==0.26.0 --no-deps -d /tmp/w`), plus matplotlib's grace_hopper.jpg.
-Usage: python bench/preprocess.py --images /tmp/w/scikit_image-0.26.0-*.whl [--runs 3]
+Usage: python -m bench.preprocess --images /tmp/w/scikit_image-0.26.0-*.whl [--runs 3]
 """
 from __future__ import annotations
 
 import argparse
 import io
 import statistics
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -27,10 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-
-from src.preprocess import CLIPProcessorStages, staged  # noqa: E402
+from bench import harness
+from src.preprocess import CLIPProcessorStages, staged
 
 # (width, height) standing in for MNIST, SVHN/CIFAR, EuroSAT, STL10, RESISC45, then photographs of other shapes (DTD,
 # Cars, SUN397, Pets, Flowers, Food-101), some of whose resized long side exceeds 224 by an odd number of pixels.

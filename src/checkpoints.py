@@ -37,8 +37,8 @@ from safetensors.torch import save_file as _save_safetensors
 
 from src import hf_clip, unpickler
 from src.files import atomic_write, check_zip_archive, sha256, write_text
-
-StateDict = dict[str, torch.Tensor]
+from src.families import HF_FAMILY, TASK_VECTORS_FAMILY
+from src.task_vectors import StateDict
 GETTING_CHECKPOINTS = "README.md, section 'Getting the checkpoints and data'"
 # Our task names -> FusionBench's (the suffix of tanganke/clip-vit-*_<task>), docs/data.md.
 FUSIONBENCH_TASKS = {
@@ -340,7 +340,7 @@ class CheckpointSet:
 
 
 def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], family: str | None = None,
-                     prefer: str = "task_vectors") -> CheckpointSet:
+                     prefer: str = TASK_VECTORS_FAMILY) -> CheckpointSet:
     """Locate one backbone's pretrained and fine-tuned checkpoints (and task_vectors heads) under `root`.
 
     `family=None` detects the layout: the Hugging Face folders (`fusionbench_hf`, see `find_hf_checkpoints`) when
@@ -352,8 +352,8 @@ def find_checkpoints(root: str | os.PathLike, model: str, tasks: list[str], fami
     """
     if family is None:
         hf, tv = _hf_layout_present(Path(root), model), _tv_present(Path(root), model)
-        family = hf_clip.FAMILY if hf and (prefer == hf_clip.FAMILY or not tv) else "task_vectors"
-    if family == hf_clip.FAMILY:
+        family = HF_FAMILY if hf and (prefer == HF_FAMILY or not tv) else TASK_VECTORS_FAMILY
+    if family == HF_FAMILY:
         return find_hf_checkpoints(root, model, tasks)
     base = Path(root) / model
     pretrained = _existing(base / "zeroshot.pt")
@@ -459,7 +459,7 @@ def find_hf_checkpoints(root: str | os.PathLike, model: str, tasks: list[str]) -
     if missing:
         _raise_missing(root, [f"{p}/ (config.json + model.safetensors or pytorch_model.bin)" for p in missing],
                        f"\nFetch them with `python -m src.download --route hf --model {model} --checkpoints-only`.")
-    return CheckpointSet(model, hf_clip.FAMILY, pretrained, finetuned)
+    return CheckpointSet(model, HF_FAMILY, pretrained, finetuned)
 
 
 def main(argv: list[str] | None = None) -> int:

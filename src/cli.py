@@ -43,7 +43,39 @@ class Range:
         return above and (self.hi is None or value <= self.hi)
 
 
+def comma_list(spec: str) -> list[str]:
+    """The non-empty, stripped parts of a comma-separated flag value."""
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A flag whose value is a comma-separated selection of one or more `choices` (the error calls them `noun`s)."""
+    choices: tuple[str, ...]
+    noun: str = "value"
+
+    def __call__(self, spec: str) -> str | None:
+        unknown = [part for part in comma_list(spec) if part not in self.choices]
+        if unknown or not comma_list(spec):
+            return f"unknown {self.noun}(s) {unknown or '(none given)'}; choose from {', '.join(self.choices)}"
+        return None
+
+
 Rule = Sequence | Range | Callable[[object], "str | None"]
+
+
+def constants(namespace: Mapping[str, object]) -> dict[str, object]:
+    """A script's hyperparameters, read from its `globals()`: every UPPER_CASE name bound to a bool, int, float or
+    str, in the order the script declares them. Each is declared once, as the constant a user edits; tables of
+    choices (dicts, tuples) are not hyperparameters, and a script imports no UPPER_CASE scalar."""
+    return {name: value for name, value in namespace.items()
+            if name.isupper() and not name.startswith("_") and isinstance(value, (bool, int, float, str))}
+
+
+def hyperparameters(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed hyperparameter values by their lower-case names (`SCALING_COEF` -> `scaling_coef`), presets
+    applied: the keyword arguments of a protocol such as `src.adaptation.adamerging`."""
+    return {name.lower(): value for name, value in args.hyperparameters.items()}
 
 
 def parse_args(description: str, hyperparameters: Mapping[str, object], argv: list[str] | None = None,

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from src.cli import comma_list
 from src.datasets import TASK_LISTS
 from src.demo import MODEL as DEMO_MODEL
 from src.demo import TASK_NAMES as DEMO_TASKS
+from src.options import ADAMERGING_VARIANTS, CONTINUAL_METHODS
 
 BACKBONES = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 ROUTES = ("task_vectors", "hf")
@@ -27,17 +29,11 @@ DEMO_ROUTE = "demo"
 METHODS = {
     "task_arithmetic": ("main_task_arithmetic", ()),
     "ties_merging": ("main_ties_merging", ()),
-    "task_wise_adamerging": ("main_layer_wise_adamergingpp", ("--variant", "task_wise")),
-    "task_wise_adamergingpp": ("main_layer_wise_adamergingpp", ("--variant", "task_wise_pp")),
-    "layer_wise_adamerging": ("main_layer_wise_adamergingpp", ("--variant", "layer_wise")),
-    "layer_wise_adamergingpp": ("main_layer_wise_adamergingpp", ()),
+    **{name: ("main_layer_wise_adamergingpp", ("--variant", variant)) for variant, name in ADAMERGING_VARIANTS.items()},
     "emr_merging": ("main_emr_merging", ()),
-    "opcm": ("main_opcm", ("--method", "opcm")),
-    "continual_ta": ("main_opcm", ("--method", "continual_ta")),
-    "continual_ties": ("main_opcm", ("--method", "continual_ties")),
-    "continual_avg": ("main_opcm", ("--method", "continual_avg")),
+    **{method: ("main_opcm", ("--method", method)) for method in CONTINUAL_METHODS},
 }
-CONTINUAL = ("opcm", "continual_ta", "continual_ties", "continual_avg")
+CONTINUAL = CONTINUAL_METHODS
 ONE_SHOT = tuple(m for m in METHODS if m not in CONTINUAL)
 ADAPTIVE = tuple(m for m in METHODS if "adamerging" in m)
 CONTINUAL_TASK_LISTS = ("TA8", "TALL14", "TALL20")
@@ -97,7 +93,7 @@ def select(cells: list[Cell], *, only: str | None = None, backbones: str | None 
     def parse(spec: str | None, allowed, flag: str) -> set[str] | None:
         if spec is None:
             return None
-        asked = {part.strip() for part in spec.split(",") if part.strip()}
+        asked = set(comma_list(spec))
         unknown = sorted(asked - set(allowed))
         if unknown or not asked:
             raise ValueError(f"{flag} {spec}: unknown {unknown or '(none given)'}; choose from {', '.join(allowed)}")
@@ -106,7 +102,7 @@ def select(cells: list[Cell], *, only: str | None = None, backbones: str | None 
               "tasks": parse(tasks, (*TASK_LISTS, "demo"), "--tasks"),
               "method": parse(methods, tuple(METHODS), "--methods"),
               "route": parse(routes, (*ROUTES, DEMO_ROUTE), "--routes")}
-    pieces = [p.strip() for p in only.split(",") if p.strip()] if only else []
+    pieces = comma_list(only) if only else []
     return [c for c in cells
             if all(allowed is None or getattr(c, field) in allowed for field, allowed in wanted.items())
             and (not pieces or any(p in c.id for p in pieces))]

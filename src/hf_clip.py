@@ -30,9 +30,8 @@ from torch import nn
 
 from src.files import check_zip_archive
 from src.preprocess import CLIPProcessorStages
+from src.task_vectors import StateDict
 
-StateDict = dict[str, torch.Tensor]
-FAMILY = "fusionbench_hf"
 # open_clip architecture name -> the name part of the Hugging Face ids (openai/<name>, tanganke/<name>_<task>).
 HF_NAMES = {"ViT-B-32": "clip-vit-base-patch32", "ViT-B-16": "clip-vit-base-patch16",
             "ViT-L-14": "clip-vit-large-patch14"}

@@ -6,6 +6,7 @@ keeps the text-side leftovers (`model.token_embedding.weight`, `model.positional
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import torch
 from torch import nn
 
 from src.demo import MODEL as DEMO_MODEL
+from src.task_vectors import OPEN_CLIP_VISION_PREFIX
 
 # OpenAI's CLIP weights use QuickGELU; open_clip 2.0.2 built them that way when task_vectors fine-tuned them.
 _QUICK_GELU = {"ViT-B-32", "ViT-B-16", "ViT-L-14", DEMO_MODEL}
-open_clip.add_model_config(Path(__file__).resolve().parent / "demo" / f"{DEMO_MODEL}.json")
 
 
 def create_clip(model_name: str, pretrained: str | None = None):
@@ -26,13 +27,27 @@ def create_clip(model_name: str, pretrained: str | None = None):
     `pretrained` is an open_clip tag (e.g. 'openai', downloaded by open_clip) or a state-dict file; None gives
     random weights, to be overwritten by a checkpoint.
     """
+    if model_name == DEMO_MODEL and DEMO_MODEL not in open_clip.list_models():
+        # The demo architecture joins open_clip's registry when the demo is first asked for, not at import.
+        open_clip.add_model_config(Path(__file__).resolve().parent / "demo" / f"{DEMO_MODEL}.json")
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown model '{model_name}'; expected one of ViT-B-32, ViT-B-16, ViT-L-14, {DEMO_MODEL}")
-    # open_clip warns that no pretrained weights were loaded; here that is the point (a checkpoint follows).
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    model, train_preprocess, val_preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, force_quick_gelu=model_name in _QUICK_GELU)
-    return model, train_preprocess, val_preprocess
+    with _quiet_root_logger():
+        return open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                     force_quick_gelu=model_name in _QUICK_GELU)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip warns through the root logger that no pretrained weights were loaded; here that is the point (a
+    checkpoint follows). Silence it for the call only, leaving the caller's logging as it was."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def get_tokenizer(model_name: str):
@@ -59,7 +74,7 @@ class ImageEncoder(nn.Module):
     def parameter_name(self, key: str) -> str | None:
         """This module's name for the merged state-dict key `key`, or None for the text-side leftovers, which never
         reach the image features."""
-        return key if key.startswith("model.visual.") else None
+        return key if key.startswith(OPEN_CLIP_VISION_PREFIX) else None
 
     def load_merged(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state_dict, strict=True)

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from src.checkpoints import StateDict
 from src.merging.adamerging import AdaMerging, BatchStream, seeded_batches
 from src.options import SAMPLINGS
+from src.task_vectors import StateDict
 
 
 class BatchSampler:
@@ -97,6 +97,9 @@ class ContinualMerger(Protocol):
 
     def state_dict(self) -> StateDict: ...
 
+    @property
+    def num_models(self) -> int: ...
+
 
 STEP_COLUMNS = ["method", "order", "order_tasks", "step", "num_tasks", "task", "accuracy"]
 
@@ -136,11 +139,15 @@ def continual(mergers: Mapping[str, Callable[[], ContinualMerger]], orders: Sequ
     return _in_order(frames, list(mergers))
 
 
-def continual_summary(steps: pd.DataFrame, methods: Sequence[str], num_tasks: int) -> pd.DataFrame:
-    """Final average accuracy (all `num_tasks` merged) per method: mean, std and count over orders."""
+def continual_summary(steps: pd.DataFrame, methods: Sequence[str], num_tasks: int, **labels: str) -> pd.DataFrame:
+    """Final average accuracy (all `num_tasks` merged) per method: mean, std and count over orders; `labels` (such
+    as backbone=…, family=…) become constant columns after the method's, then `num_tasks`."""
     final = steps[steps.num_tasks == num_tasks].groupby(["method", "order"]).accuracy.mean()
-    return final.groupby("method").agg(["mean", "std", "count"]).reindex(list(methods)).reset_index().rename(
+    summary = final.groupby("method").agg(["mean", "std", "count"]).reindex(list(methods)).reset_index().rename(
         columns={"mean": "final_avg_accuracy_mean", "std": "final_avg_accuracy_std", "count": "num_orders"})
+    for i, (name, value) in enumerate({**labels, "num_tasks": num_tasks}.items(), start=1):
+        summary.insert(i, name, value)
+    return summary
 
 
 def _in_order(frames: list[pd.DataFrame], methods: list[str]) -> pd.DataFrame:

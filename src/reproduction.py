@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.families import FAMILY_OF_ROUTE
 from src.files import REPO, write_text
 from src.grid import CONTINUAL, DEMO_ROUTE, Cell, demo_grid, full_grid
 from src.jobs import read_record
@@ -19,7 +20,6 @@ from src.plots import continual_curves
 from src.results import paper_numbers
 
 REPORT = "REPRODUCTION"
-FAMILY = {"task_vectors": "task_vectors", "hf": "fusionbench_hf", DEMO_ROUTE: "demo"}
 COLUMNS = ["backbone", "route", "tasks", "kind", "method", "task", "status", "accuracy", "paper_accuracy",
            "delta_vs_paper", "paper_source", "accuracy_std", "num_orders", "run_folder"]
 
@@ -43,7 +43,7 @@ def _accuracy_rows(cell: Cell, table_name: str, method: str, record: dict | None
     if path is None or not path.exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a cross-family number is labelled by its source below
-            paper = paper_numbers(cell.backbone, FAMILY[cell.route], method)
+            paper = paper_numbers(cell.backbone, FAMILY_OF_ROUTE[cell.route], method)
         published = paper["accuracy"] if paper else {}
         return [{**base, "task": t, "status": _status(record) if folder is None else "incomplete",
                  "paper_accuracy": published.get(t), "paper_source": paper["source"] if paper else None}

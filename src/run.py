@@ -15,13 +15,13 @@ from src.baselines import Baselines
 from src.checkpoints import CheckpointError, find_checkpoints
 from src.cli import DEFAULT_CHECKPOINTS, DEMO_MODEL, DEMO_TASKS, AlreadyDone, task_list
 from src.eval import default_device
+from src.families import DEMO_FAMILY, FAMILY_OF_ROUTE, TASK_VECTORS_FAMILY
 from src.files import REPO, atomic_write, display_path, exclusive, write_text
 from src.results import code_version, format_table, paper_numbers, provenance, results_table, write_results
 from src.suite import Suite, make_suite
 
 DONE = ".done.json"  # written into a run's folder when the run finishes
 DEMO_ROOT = REPO / "checkpoints"  # where the bundled demo suite lives, whatever --checkpoints says
-_FAMILY_OF_ROUTE = {"auto": None, "task_vectors": "task_vectors", "hf": "fusionbench_hf"}
 DEMO_BANNER = """\
 ==============================================================================================
  DEMO SUITE: no real checkpoints were found under {missing}, so this runs on the bundled
@@ -50,10 +50,10 @@ def open_suite(args: argparse.Namespace) -> Suite:
 def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -> Suite:
     # The bundled demo is labelled 'demo'; any other tree's family is the route's, or detected from its layout.
     if model == DEMO_MODEL and Path(root) == DEMO_ROOT:
-        found = find_checkpoints(root, model, tasks, family="demo")
+        found = find_checkpoints(root, model, tasks, family=DEMO_FAMILY)
     else:
-        found = find_checkpoints(root, model, tasks, family=_FAMILY_OF_ROUTE[args.route],
-                                 prefer=_FAMILY_OF_ROUTE[args.prefer_route])
+        found = find_checkpoints(root, model, tasks, family=FAMILY_OF_ROUTE.get(args.route),
+                                 prefer=FAMILY_OF_ROUTE[args.prefer_route])
     # A whole CLIP beside the checkpoints (the demo ships one) gives the text tower for the zero-shot heads;
     # otherwise it is open_clip's 'openai' weights, as task_vectors used.
     clip = Path(root) / model / "clip.pt"
@@ -87,7 +87,7 @@ class Run:
         if configure is not None:
             configure(args, self.suite)
         self.device = str(args.device or default_device())
-        label = self.suite.model if self.suite.family in ("task_vectors", "demo") else \
+        label = self.suite.model if self.suite.family in (TASK_VECTORS_FAMILY, DEMO_FAMILY) else \
             f"{self.suite.model}_{self.suite.family}"
         self.baselines = Baselines(self.suite, Path(args.results) / label, args.reevaluate)
         self.key = run_key(name, args.hyperparameters, self.suite.tasks, self.suite.checkpoint_hashes(),
@@ -125,10 +125,6 @@ class Run:
             return json.loads((self.out / DONE).read_text())
         except (OSError, ValueError):
             return None
-
-    @property
-    def backbone(self) -> str:
-        return self.suite.model
 
     def load_state(self, name: str) -> dict | None:
         """What `save_state(name, ...)` stored in this run's folder by an earlier, interrupted run, if anything."""
@@ -180,8 +176,8 @@ class Run:
 
     def _write(self, method: str, accuracy: Mapping[str, float], individual: Mapping[str, float],
                extra: dict, hyperparameters: dict) -> Path:
-        paper = paper_numbers(self.backbone, self.suite.family, method)
-        table = results_table(method, self.backbone, self.suite.family, accuracy, individual, paper)
+        paper = paper_numbers(self.suite.model, self.suite.family, method)
+        table = results_table(method, self.suite.model, self.suite.family, accuracy, individual, paper)
         return self.write_table(method, table, hyperparameters, **extra)
 
 

@@ -22,13 +22,14 @@ from torch import nn
 
 from src import heads as heads_lib
 from src import hf_clip
-from src.checkpoints import CheckpointSet, StateDict, load_head, load_state_dict
+from src.checkpoints import CheckpointSet, load_head, load_state_dict
 from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached
 from src.eval import default_device, evaluate
+from src.families import HF_FAMILY
 from src.files import CACHE_DIR, display_path, sha256
-from src.task_vectors import require_finite
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
+from src.task_vectors import StateDict, require_finite
 
 
 @dataclass(eq=False)
@@ -192,7 +193,7 @@ class HFSuite(Suite):
 def make_suite(checkpoints: CheckpointSet, tasks: list[str], **kwargs) -> Suite:
     """The Suite for a checkpoint set's route: `HFSuite` for FusionBench's Hugging Face checkpoints, else
     `OpenClipSuite` (`text_tower` is only meaningful there)."""
-    if checkpoints.family == hf_clip.FAMILY:
+    if checkpoints.family == HF_FAMILY:
         kwargs.pop("text_tower", None)
         return HFSuite(checkpoints, tasks, **kwargs)
     return OpenClipSuite(checkpoints, tasks, **kwargs)

@@ -1,10 +1,13 @@
 """Slow, literal formulations of the reference code (docs/methods.md), the baselines that the streaming
-implementations in src/merging are checked against (tests) and timed against (bench/merge.py).
+implementations in src/merging are checked against (tests) and timed against (bench/merge.py, bench/adamerging.py).
 
 They hold all K task vectors at once, as the reference does: TIES and Task Arithmetic as one K×d matrix of the
-flattened state dicts (keys sorted, as `state_dict_to_vector` does), EMR as K task-vector dicts.
+flattened state dicts (keys sorted, as `state_dict_to_vector` does), EMR as K task-vector dicts, AdaMerging as a
+fresh module per batch with the merged tensors set as plain attributes.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -93,3 +96,51 @@ def naive_emr(pretrained, finetuned):
 def naive_emr_task_state_dict(pretrained, unified, masks, rescalers, task):
     return {key: p + unified[key] * masks[key][task] * rescalers[task] if key in unified else p
             for key, p in pretrained.items()}
+
+
+def naive_merged_module(template, pretrained, task_vectors, lam):
+    """A fresh copy of `template` whose floating-point tensors are θ₀ + Σ_k λ_k·τ_k, set as plain attributes so that
+    gradients reach λ (the reference's make_functional / load_weights). `lam` is [num_tensors, K] (layer-wise, rows
+    in state-dict order) or [K] (task-wise)."""
+    model = copy.deepcopy(template)
+    for row, name in enumerate(_float_keys(pretrained)):
+        row_lam = lam[row] if lam.dim() == 2 else lam
+        merged = sum((pretrained[name] * 1.0, *(row_lam[k] * tv[name] for k, tv in enumerate(task_vectors))))
+        *path, leaf = name.split(".")
+        owner = model
+        for part in path:
+            owner = getattr(owner, part)
+        delattr(owner, leaf)
+        setattr(owner, leaf, merged)
+    return model
+
+
+class NaiveAdaMerging:
+    """Reference-style layer-wise AdaMerging: λ starts at 0.3, Adam(lr=1e-3); every batch runs a freshly merged
+    module (`naive_merged_module`) and one backward of the summed mean entropies updates clamp(λ, 0, 1)'s raw
+    parameter."""
+
+    def __init__(self, encoder, pretrained, task_vectors, heads, entropy=None):
+        from src.merging.adamerging import entropy_loss
+        self.template = encoder.requires_grad_(False)
+        self.pretrained, self.task_vectors = pretrained, task_vectors
+        self.heads = [h.requires_grad_(False) for h in heads]
+        self.entropy = entropy or entropy_loss
+        self.raw = torch.full((len(_float_keys(pretrained)), len(task_vectors)), 0.3, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.raw], lr=1e-3, betas=(0.9, 0.999))
+
+    def coefficients(self):
+        return self.raw.detach().clamp(0, 1)
+
+    def loss(self, batches_per_task, raw=None):
+        lam = (self.raw if raw is None else raw).clamp(0, 1)
+        return sum(self.entropy(self.heads[task](naive_merged_module(self.template, self.pretrained,
+                                                                     self.task_vectors, lam)(images)))
+                   for task, batches in enumerate(batches_per_task) for images in batches)
+
+    def step(self, batches_per_task):
+        total = self.loss(batches_per_task)
+        self.optimizer.zero_grad()
+        total.backward()
+        self.optimizer.step()
+        return total.item()

@@ -5,9 +5,10 @@ import struct
 import pytest
 import torch
 
-from naive_merging import naive_emr, naive_emr_task_state_dict
+from tests.naive_merging import naive_emr, naive_emr_task_state_dict
 from src.checkpoints import CheckpointError
-from src.merging import EMRModel, emr_merging
+from src.merge_files import load_emr, save_emr
+from src.merging import emr_merging
 
 
 def _models(task_vectors: dict[str, list[list[float]]]):
@@ -104,8 +105,8 @@ def test_equals_the_reference_formulation(vit_models):
 def test_save_load_rebuilds_every_task_exactly_and_switching_does_not_drift(vit_models, tmp_path):
     pre, fts = vit_models
     emr = emr_merging(pre, fts)
-    emr.save(tmp_path / "emr.safetensors")
-    loaded = EMRModel.load(tmp_path / "emr.safetensors", pretrained=pre)
+    save_emr(emr, tmp_path / "emr.safetensors")
+    loaded = load_emr(tmp_path / "emr.safetensors", pretrained=pre)
     assert torch.equal(loaded.rescalers, emr.rescalers)
     first = loaded.task_state_dict(0)
     for task in [0, 3, 1, 4, 2, 0]:
@@ -120,7 +121,7 @@ def test_file_is_the_unified_vector_plus_one_bit_per_entry_per_task(vit_models, 
     pre, fts = vit_models
     emr = emr_merging(pre, fts)
     path = tmp_path / "emr.safetensors"
-    emr.save(path)
+    save_emr(emr, path)
     d = sum(v.numel() for v in pre.values() if v.is_floating_point())
     unified_bytes = sum(v.numel() * 4 for v in emr.unified.values())
     assert unified_bytes < 4 * d  # the never-changed text-side tensors are not stored
@@ -133,8 +134,8 @@ def test_file_is_the_unified_vector_plus_one_bit_per_entry_per_task(vit_models, 
 
 def test_unified_only_file_has_no_masks(tmp_path):
     pre, fts = _models(HAND)
-    emr_merging(pre, fts, unified_only=True).save(tmp_path / "u.safetensors")
-    loaded = EMRModel.load(tmp_path / "u.safetensors", pretrained=pre)
+    save_emr(emr_merging(pre, fts, unified_only=True), tmp_path / "u.safetensors")
+    loaded = load_emr(tmp_path / "u.safetensors", pretrained=pre)
     assert loaded.unified_only and loaded.task_state_dict(2)["w"].tolist() == [2, -2, 0, -3]
 
 
@@ -144,15 +145,15 @@ def test_bad_files_and_calls_get_clear_errors(tmp_path):
     with pytest.raises(IndexError, match="task 3 out of range"):
         emr.task_state_dict(3)
     path = tmp_path / "emr.safetensors"
-    emr.save(path)
+    save_emr(emr, path)
     with pytest.raises(ValueError, match="needs θ₀"):
-        EMRModel.load(path).task_state_dict(0)
+        load_emr(path).task_state_dict(0)
     with pytest.raises(ValueError, match="'w' has shape"):
-        EMRModel.load(path, pretrained={"w": torch.zeros(5), "z": torch.zeros(3)})
+        load_emr(path, pretrained={"w": torch.zeros(5), "z": torch.zeros(3)})
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(CheckpointError, match="emr.safetensors"):
-        EMRModel.load(path)
+        load_emr(path)
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not an EMR-Merging file"):
-        EMRModel.load(tmp_path / "other.safetensors")
+        load_emr(tmp_path / "other.safetensors")

@@ -7,6 +7,7 @@ from PIL import Image
 
 from src import heads, hf_clip
 from src.checkpoints import CheckpointError, CheckpointSet, find_checkpoints, load_state_dict
+from src.families import HF_FAMILY
 from src.preprocess import describe, staged
 from src.suite import HFSuite, make_suite
 from tests.fixtures import checkpoints as fx
@@ -32,7 +33,7 @@ def images():
 def test_logits_equal_fusionbench_classifier(tree, images, task):
     clip, folder = tree["clip"], tree["pretrained"]
     model, expert = tree["finetuned"][task]
-    found = CheckpointSet("ViT-B-32", hf_clip.FAMILY, folder, {task: expert})
+    found = CheckpointSet("ViT-B-32", HF_FAMILY, folder, {task: expert})
     suite = make_suite(found, [task], device="cpu")
     assert isinstance(suite, HFSuite)
     suite.load_encoder(suite.finetuned(task))

@@ -3,7 +3,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 import main_emr_merging
 import main_layer_wise_adamergingpp

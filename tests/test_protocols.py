@@ -99,5 +99,6 @@ def test_continual_keeps_finished_orders_and_redoes_a_partial_one():
     calls.clear()
     continual(mergers, changed, models.__getitem__, evaluate, done=full)
     assert calls == ["avg order 1 step 1", "avg order 1 step 2", "avg order 1 step 3"]
-    summary = continual_summary(full, ["avg"], 3)
+    summary = continual_summary(full, ["avg"], 3, backbone="b")
     assert summary.final_avg_accuracy_mean.tolist() == [23.0] and summary.num_orders.tolist() == [2]
+    assert list(summary.columns[:3]) == ["method", "backbone", "num_tasks"] and summary.num_tasks.tolist() == [3]

@@ -19,6 +19,7 @@ from src import grid, jobs, reproduction
 from src.demo.publish import PUBLISHED
 from src.files import REPO
 from src.grid import Cell
+from src.options import ADAMERGING_VARIANTS
 from src.results import main as results_main
 from tests.fixtures import datasets as fx
 from tests.fixtures.runs import run_folder
@@ -57,7 +58,7 @@ def test_a_cells_flags_select_its_method_backbone_tasks_and_route_in_its_entry_s
     args, name = caught.value.args
     assert (args.model, args.tasks, args.route) == (cell.backbone, cell.tasks, cell.route)
     chosen = {"main_opcm": lambda: args.method, "main_layer_wise_adamergingpp":
-              lambda: importlib.import_module(cell.script).METHOD_NAMES[args.variant]}.get(cell.script, lambda: name)
+              lambda: ADAMERGING_VARIANTS[args.variant]}.get(cell.script, lambda: name)
     assert chosen() == cell.method
 
 

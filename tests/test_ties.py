@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import src.merging.ties as ties
-from naive_merging import naive_ties, naive_ties_parts, unflatten
+from tests.naive_merging import naive_ties, naive_ties_parts, unflatten
 from src.merging import ties_merging, ties_selected_vectors
 from src.merging.ties import kth_index, ties_thresholds
 
@@ -157,7 +157,7 @@ def test_vision_only_k_changes_nothing_on_a_hugging_face_vision_tower():
 
 def test_mismatched_finetuned_is_refused():
     pre, fts = _models(TAU)
-    with pytest.raises(ValueError, match="fine-tuned state dict 0: key 'w'"):
+    with pytest.raises(ValueError, match="TIES-Merging: fine-tuned state dict: key 'w'"):
         ties_merging(pre, [{"w": torch.zeros(3)}])
     with pytest.raises(ValueError, match="float32"):
         ties_merging({"w": pre["w"].double()}, [{"w": fts[0]["w"].double()}])

@@ -4,6 +4,7 @@ FusionBench uses) and "demo" (the generated demo tasks)."""
 from __future__ import annotations
 
 import abc
+import importlib
 from typing import Callable
 
 from torch.utils.data import Dataset
@@ -43,7 +44,7 @@ def register(name: str, source: str = "folders"):
 
 
 def get_task(name: str, location=None, source: str = "folders") -> TaskData:
-    _plug_in()
+    _plug_in(source)
     if (source, name) not in _FACTORIES:
         raise KeyError(f"unknown task '{name}' for data source '{source}'; known tasks: "
                        f"{', '.join(known_tasks(source))}")
@@ -51,13 +52,17 @@ def get_task(name: str, location=None, source: str = "folders") -> TaskData:
 
 
 def known_tasks(source: str = "folders") -> list[str]:
-    _plug_in()
+    _plug_in(source)
     return sorted(name for src, name in _FACTORIES if src == source)
 
 
-def _plug_in() -> None:
-    """Import the modules whose tasks register themselves (from folders, from Hugging Face, the demo's) at the first
-    lookup rather than with the package, so that the task lists stay importable without torch."""
-    import src.datasets.huggingface  # noqa: F401
-    import src.datasets.tasks  # noqa: F401
-    import src.demo.tasks  # noqa: F401
+# The module whose tasks register themselves, per source.
+_MODULES = {"folders": "src.datasets.tasks", "hf": "src.datasets.huggingface", "demo": "src.demo.tasks"}
+
+
+def _plug_in(source: str) -> None:
+    """Import the module whose tasks register themselves for `source` at its first lookup, rather than with the
+    package: the task lists stay importable without torch, and the demo's tasks load only when the demo is used."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source '{source}'; expected one of {SOURCES}")
+    importlib.import_module(_MODULES[source])

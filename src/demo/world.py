@@ -49,7 +49,6 @@ def empty_attributes(n: int) -> dict[str, np.ndarray]:
 
 def render(attrs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """uint8 images [n, 32, 32, 3]: the scene, then the present objects in slot order, then pixel noise."""
-    n = len(attrs["scene"])
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     image = _scenes(attrs["scene"], yy, xx, rng)
     for j in range(MAX_OBJECTS):

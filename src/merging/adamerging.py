@@ -44,22 +44,14 @@ tensors are separate there.
 """
 from __future__ import annotations
 
-import csv
-import io
-from itertools import zip_longest
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from src.files import atomic_write, write_text
 from src.options import GRANULARITIES
-from src.task_vectors import StateDict, vector_keys
-
-TASK_WISE_ROW = "*"  # the CSV row name of a task-wise coefficient vector: it applies to every tensor
-
+from src.task_vectors import StateDict, check_finetuned
 
 
 def softmax_entropy(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -131,16 +123,6 @@ def _merge(base: torch.Tensor, vectors: Sequence[torch.Tensor], lambdas: torch.T
     return merged
 
 
-def _check_vectors(names: Sequence[str], task_vectors: Sequence[StateDict]) -> None:
-    if not task_vectors:
-        raise ValueError("AdaMerging needs at least one task vector")
-    for i, tv in enumerate(task_vectors):
-        missing = [k for k in names if k not in tv]
-        if missing:
-            raise ValueError(f"task vector {i} has no entry for {len(missing)} pretrained tensor(s), first "
-                             f"'{missing[0]}': build every task vector from the same pretrained model")
-
-
 def _coefficient_table(coefficients: torch.Tensor, num_tensors: int, num_tasks: int) -> torch.Tensor:
     """A [num_tensors, num_tasks] float32 table from a layer-wise table or a task-wise [num_tasks] vector."""
     c = torch.as_tensor(coefficients).detach().to("cpu", torch.float32)
@@ -160,8 +142,7 @@ def layer_wise_merge(pretrained: StateDict, task_vectors: Sequence[StateDict], c
     or a task-wise [num_tasks] vector (one λ_k for every tensor). The clamp is the one the reference applies when it
     builds its final model; clamping already-clamped coefficients changes nothing. `clamp=False` applies them as given.
     """
-    names = vector_keys(pretrained)
-    _check_vectors(names, task_vectors)
+    names = check_finetuned(pretrained, task_vectors, "layer-wise merge", what="task vector")
     table = _coefficient_table(coefficients, len(names), len(task_vectors))
     if clamp:
         table = table.clamp(0.0, 1.0)
@@ -190,8 +171,7 @@ class AdaMerging:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got '{granularity}'")
         if len(heads) != len(task_vectors):
             raise ValueError(f"{len(task_vectors)} task vectors but {len(heads)} heads: give one head per task")
-        self.tensor_names = vector_keys(pretrained)
-        _check_vectors(self.tensor_names, task_vectors)
+        self.tensor_names = check_finetuned(pretrained, task_vectors, "AdaMerging", what="task vector")
         self.granularity, self.clamp, self.num_tasks = granularity, clamp, len(task_vectors)
         self.entropy_eps = entropy_eps
         self.encoder = encoder.requires_grad_(False)
@@ -260,9 +240,6 @@ class AdaMerging:
             raise FloatingPointError("AdaMerging: an optimiser step made a coefficient NaN or Inf")
         return float(total)
 
-    def save_coefficients(self, path_pt: str | Path, path_csv: str | Path, task_names: Sequence[str]) -> None:
-        save_coefficients(self.coefficients(), path_pt, path_csv, self.tensor_names, task_names)
-
     def state_dict(self) -> dict:
         """The raw coefficients and the optimiser's state: what resuming an interrupted adaptation needs."""
         return {"raw": self.raw.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
@@ -274,43 +251,3 @@ class AdaMerging:
         with torch.no_grad():
             self.raw.copy_(state["raw"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-def save_coefficients(coefficients: torch.Tensor, path_pt: str | Path, path_csv: str | Path,
-                      tensor_names: Sequence[str], task_names: Sequence[str]) -> None:
-    """Write the coefficients as a .pt (tensor + names) and a CSV table tensor-name × task, each atomically."""
-    c = torch.as_tensor(coefficients).detach().cpu()
-    rows = [TASK_WISE_ROW] if c.dim() == 1 else list(tensor_names)
-    table = c.reshape(len(rows), -1)
-    if table.shape != (len(rows), len(task_names)):
-        raise ValueError(f"coefficients of shape {tuple(c.shape)} do not match {len(tensor_names)} tensor names "
-                         f"and {len(task_names)} task names")
-    with atomic_write(path_pt) as tmp:
-        torch.save({"coefficients": c.clone(), "tensor_names": list(tensor_names), "task_names": list(task_names)},
-                   tmp)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["tensor", *task_names])
-    # repr of a float32 widened to float64 reads back to the same float32.
-    writer.writerows([name, *(repr(v) for v in values)] for name, values in zip(rows, table.tolist()))
-    write_text(path_csv, out.getvalue())
-
-
-def load_coefficients(path_pt: str | Path, tensor_names: Sequence[str] | None = None,
-                      task_names: Sequence[str] | None = None) -> torch.Tensor:
-    """Coefficients saved by `save_coefficients`, checked against the expected tensor and task names when given."""
-    try:
-        saved = torch.load(path_pt, map_location="cpu", weights_only=True)
-        c, saved_tensors, saved_tasks = saved["coefficients"], saved["tensor_names"], saved["task_names"]
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{path_pt}: not an AdaMerging coefficient file written by save_coefficients ({e})") from e
-    if tensor_names is not None and c.dim() == 2 and list(tensor_names) != list(saved_tensors):
-        expected, found = next(pair for pair in zip_longest(tensor_names, saved_tensors) if pair[0] != pair[1])
-        raise ValueError(f"{path_pt}: coefficients were learned for other tensors (expected '{expected}', file has "
-                         f"'{found}'); use coefficients learned on this backbone")
-    if task_names is not None and list(task_names) != list(saved_tasks):
-        raise ValueError(f"{path_pt}: coefficients were learned for tasks {list(saved_tasks)}, not "
-                         f"{list(task_names)}; pass the same tasks in the same order")
-    return c

@@ -19,33 +19,25 @@ Reference choices reproduced by default (docs/methods.md, "EMR-Merging"):
   `task_state_dict(i)` is rebuilt from the stored parts, as the [EMR] scripts do.
 `unified_only=True` is the paper's ablation: θ₀ + τ_uni for every task, no masks, no rescalers.
 
-Storage (`EMRModel.save`): the unified vector once (tensors where it is entirely zero, such as the text-side
+Storage (`src.merge_files.save_emr`): the unified vector once (tensors where it is entirely zero, such as the text-side
 leftovers of task_vectors checkpoints, by name only), the K masks bit-packed over the concatenation of all float
 tensors in state-dict order (⌈d/8⌉ bytes per task), and the K rescalers, in one safetensors file.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from src.checkpoints import CheckpointError
-from src.files import atomic_write
 from src.task_vectors import StateDict, changed_keys, check_finetuned, vector_keys
-
-_FORMAT = "mergerepro.emr"
-_VERSION = "1"
 
 
 class EMRModel:
     """A unified task vector τ_uni, K bit-packed masks M_k and K rescalers r_k: θ̂_k = θ₀ + (τ_uni ⊙ M_k)·r_k.
 
-    Built by `emr_merging` or `EMRModel.load`. `pretrained` (θ₀) is needed only by `task_state_dict`.
+    Built by `emr_merging` or read by `src.merge_files.load_emr`. `pretrained` (θ₀) is needed only by
+    `task_state_dict`.
     """
 
     def __init__(self, shapes: dict[str, torch.Size], unified: StateDict, masks: np.ndarray | None,
@@ -103,7 +95,7 @@ class EMRModel:
         """θ₀ + τ̂_task, rebuilt from the stored parts on every call (no in-place switching between tasks)."""
         self._check_task(task)
         if self.pretrained is None:
-            raise ValueError("task_state_dict needs θ₀: pass pretrained= to EMRModel.load, or call attach()")
+            raise ValueError("task_state_dict needs θ₀: pass pretrained= to load_emr, or call attach()")
         return {key: p + self._delta(task, key) if key in self.shapes else p for key, p in self.pretrained.items()}
 
     def _delta(self, task: int, key: str) -> torch.Tensor:
@@ -117,40 +109,6 @@ class EMRModel:
         if not 0 <= task < self.num_tasks:
             raise IndexError(f"task {task} out of range: this EMR model has {self.num_tasks} tasks (0..."
                              f"{self.num_tasks - 1})")
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write one safetensors file atomically: τ_uni once, the masks at 1 bit per entry per task, the rescalers."""
-        tensors = {f"unified/{key}": value.contiguous() for key, value in self.unified.items()}
-        if self.masks is not None:
-            tensors["masks"] = torch.from_numpy(self.masks)
-            tensors["rescalers"] = self.rescalers.contiguous()
-        metadata = {"format": _FORMAT, "version": _VERSION, "num_tasks": str(self.num_tasks),
-                    "shapes": json.dumps([[key, list(shape)] for key, shape in self.shapes.items()])}
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, pretrained: StateDict | None = None) -> "EMRModel":
-        """Read a file written by `save`; with `pretrained` (θ₀) the model can rebuild task state dicts."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                if metadata.get("format") != _FORMAT:
-                    raise CheckpointError(path, "not an EMR-Merging file (written by EMRModel.save)")
-                if metadata.get("version") != _VERSION:
-                    raise CheckpointError(path, f"EMR file version {metadata.get('version')}; this code reads "
-                                                f"version {_VERSION}")
-                shapes = {key: torch.Size(shape) for key, shape in json.loads(metadata["shapes"])}
-                unified = {name.removeprefix("unified/"): f.get_tensor(name) for name in f.keys()
-                           if name.startswith("unified/")}
-                masks = f.get_tensor("masks").numpy() if "masks" in f.keys() else None
-                rescalers = f.get_tensor("rescalers") if "rescalers" in f.keys() else None
-        except (SafetensorError, OSError, ValueError, KeyError) as e:
-            raise CheckpointError(path, f"unreadable EMR-Merging file: {e}") from None
-        model = cls(shapes, unified, masks, rescalers, int(metadata["num_tasks"]))
-        if pretrained is not None:
-            model.attach(pretrained, name=f"pretrained state dict given for {path}")
-        return model
 
 
 def emr_merging(pretrained: StateDict, finetuned: Sequence[StateDict], unified_only: bool = False,

@@ -53,7 +53,7 @@ import re
 
 import torch
 
-from src.task_vectors import StateDict, has_task_vector
+from src.task_vectors import StateDict, check_finetuned, has_task_vector
 
 # open_clip key suffix of each Linear weight matrix → how many Linear weights are stacked along dim 0.
 _OPEN_CLIP_LINEAR = {".attn.in_proj_weight": 3, ".attn.out_proj.weight": 1, ".mlp.c_fc.weight": 1,
@@ -128,7 +128,7 @@ class OPCM:
         return len(self.task_vector_norms)
 
     def add(self, finetuned: StateDict) -> None:
-        check_compatible(self.pretrained, finetuned)
+        check_finetuned(self.pretrained, [finetuned], "OPCM")
         if self._merged is None:
             self._merged = {k: finetuned[k].clone() if has_task_vector(p) else p for k, p in self.pretrained.items()}
             self.task_vector_norms.append(math.sqrt(sum(
@@ -172,14 +172,3 @@ class OPCM:
             raise RuntimeError("OPCM.state_dict() before any model was added: call .add(finetuned) first")
         return dict(self._merged)
 
-
-def check_compatible(pretrained: StateDict, finetuned: StateDict) -> None:
-    """Raise naming the first floating-point key of θ₀ that `finetuned` lacks or holds with another shape."""
-    for key, p in pretrained.items():
-        if not has_task_vector(p):
-            continue
-        if key not in finetuned:
-            raise KeyError(f"fine-tuned state dict lacks '{key}', which the pretrained model has")
-        if finetuned[key].shape != p.shape:
-            raise ValueError(f"'{key}' has shape {tuple(finetuned[key].shape)} in the fine-tuned state dict but "
-                             f"{tuple(p.shape)} in the pretrained one")
