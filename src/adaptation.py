@@ -59,7 +59,7 @@ def adamerging(run: Run, method: str, *, variant: str, preset: str, steps: int, 
         sampler = BatchSampler([len(d) for d in test_sets], adapt_batch_size, batches_per_task, sampling, seed)
         result = adapt(trainer, sampler, lambda task, idx: torch.stack([test_sets[task][int(i)][0] for i in idx]),
                        steps, evaluate, eval_every=eval_every, resume=run.load_state("adaptation"),
-                       checkpoint=lambda state: run.save_state("adaptation", state))
+                       checkpoint=lambda state: run.save_state("adaptation", state), task_names=tasks)
     final = evaluate(result.coefficients, "final")
     history = result.history
     history.loc[history.step == history.step.max(), "avg_accuracy"] = _mean(final)

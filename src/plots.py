@@ -47,10 +47,13 @@ def coefficient_heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def training_curves(history: pd.DataFrame, path: Path, title: str) -> None:
-    """Entropy loss per step and, where evaluated, average accuracy."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Entropy loss per step and, where evaluated, average accuracy; below, when the history has them, each task's
+    most-predicted-class share on the adaptation batches (`top_share_<task>`), where a collapse onto one class
+    shows as a line climbing to 1."""
+    shares = [c for c in history.columns if c.startswith("top_share_")]
+    fig, axes = plt.subplots(2 if shares else 1, 1, figsize=(6, 6.5 if shares else 4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(history.step, history.loss, color="tab:blue")
-    ax.set_xlabel("step")
     ax.set_ylabel("entropy loss", color="tab:blue")
     evaluated = history.dropna(subset=["avg_accuracy"])
     if not evaluated.empty:
@@ -58,4 +61,12 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> None:
         acc.plot(evaluated.step, evaluated.avg_accuracy, color="tab:orange", marker="o")
         acc.set_ylabel("average accuracy (%)", color="tab:orange")
     ax.set_title(title)
+    if shares:
+        below = axes[1, 0]
+        for column in shares:
+            below.plot(history.step, history[column], label=column.removeprefix("top_share_"), linewidth=1)
+        below.set_ylim(0, 1.02)
+        below.set_ylabel("most-predicted class share")
+        below.legend(fontsize=7, ncol=4, loc="lower left")
+    axes[-1, 0].set_xlabel("step")
     _save(fig, path)

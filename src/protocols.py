@@ -57,16 +57,23 @@ class BatchSampler:
 @dataclass
 class Adaptation:
     init: dict[str, float]  # accuracy per task at step 0
-    history: pd.DataFrame  # one row per step: step, loss, avg_accuracy (where evaluated)
+    history: pd.DataFrame  # one row per step: step, loss, avg_accuracy (where evaluated), per-task diagnostics
     coefficients: torch.Tensor  # the λ the merge applies after the last step
+
+
+HISTORY_COLUMNS = ["step", "loss", "avg_accuracy"]
 
 
 def adapt(trainer: AdaMerging, sampler: BatchSampler, images: Callable[[int, torch.Tensor], torch.Tensor],
           steps: int, evaluate: Callable[[torch.Tensor, str], dict[str, float]], *, eval_every: int = 0,
-          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None) -> Adaptation:
+          resume: dict | None = None, checkpoint: Callable[[dict], None] | None = None,
+          task_names: Sequence[str] | None = None) -> Adaptation:
     """Run `trainer` for `steps` steps; `images(task, indices)` stacks the test images of task `task` at `indices`,
     `evaluate(coefficients, label)` gives the accuracy per task of the merge with those coefficients (at step 0,
-    every `eval_every` steps, not at the last step: the caller evaluates the final merge)."""
+    every `eval_every` steps, not at the last step: the caller evaluates the final merge).
+
+    A trainer with a `diagnostics()` method (AdaMerging's: per-task entropy and most-predicted-class share on the
+    step's batches) adds them to each step's row, as `<name>_<task>` columns (`task_names`, or the task indices)."""
     if resume is None:
         init = evaluate(trainer.coefficients(), "step 0")
         rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": _mean(init)}]
@@ -82,12 +89,21 @@ def adapt(trainer: AdaMerging, sampler: BatchSampler, images: Callable[[int, tor
         accuracy = None
         if eval_every and step % eval_every == 0 and step != steps:
             accuracy = _mean(evaluate(trainer.coefficients(), f"step {step}"))
-        rows.append({"step": step, "loss": loss, "avg_accuracy": accuracy})
+        rows.append({"step": step, "loss": loss, "avg_accuracy": accuracy, **_diagnostics(trainer, task_names)})
         bar.set_postfix(loss=f"{loss:.3f}")
         if checkpoint is not None:
             checkpoint({"step": step, "trainer": trainer.state_dict(), "sampler": sampler.state_dict(),
                         "init": init, "history": rows})
-    return Adaptation(init, pd.DataFrame(rows, columns=["step", "loss", "avg_accuracy"]), trainer.coefficients())
+    columns = HISTORY_COLUMNS + [c for c in dict.fromkeys(k for row in rows for k in row) if c not in HISTORY_COLUMNS]
+    return Adaptation(init, pd.DataFrame(rows, columns=columns), trainer.coefficients())
+
+
+def _diagnostics(trainer, task_names: Sequence[str] | None) -> dict[str, float]:
+    report = getattr(trainer, "diagnostics", None)
+    if report is None:
+        return {}
+    return {f"{name}_{task_names[task] if task_names else task}": value
+            for name, values in report().items() for task, value in enumerate(values)}
 
 
 class ContinualMerger(Protocol):

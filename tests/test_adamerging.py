@@ -403,3 +403,20 @@ def test_a_step_with_non_finite_loss_stops_with_a_clear_error(demo):
     with pytest.raises(FloatingPointError, match="entropy loss is nan"):
         trainer.step(_batches(demo, torch.Generator().manual_seed(0)))
     assert torch.equal(trainer.coefficients(), before)  # refused before the optimiser touched λ
+
+
+def test_step_diagnostics_are_the_entropy_and_top_class_share_of_the_pre_step_merge(demo):
+    ada = _trainer(demo)
+    before = ada.coefficients()
+    batches = _batches(demo, torch.Generator().manual_seed(0))
+    ada.step(batches)
+    encoder = copy.deepcopy(demo["encoder"])
+    encoder.load_merged(layer_wise_merge(demo["pre"], demo["tvs"], before))
+    for task in range(K):
+        with torch.no_grad():
+            logits = torch.cat([demo["heads"][task](encoder(images)) for images in batches[task]])
+        p = torch.softmax(logits.double(), 1)
+        entropy = float((-(p * torch.log(p)).sum(1)).mean())
+        share = max(logits.argmax(1).tolist().count(c) for c in range(logits.shape[1])) / len(logits)
+        assert ada.diagnostics()["entropy"][task] == pytest.approx(entropy, rel=1e-4)
+        assert ada.diagnostics()["top_share"][task] == share

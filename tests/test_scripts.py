@@ -37,6 +37,9 @@ def test_adamerging_saved_coefficients_reproduce_the_final_merge(tmp_path):
     out = run_folder(tmp_path, "layer_wise_adamergingpp")
     history = pd.read_csv(out / "layer_wise_adamergingpp_history.csv")
     assert history.step.tolist() == [0, 1, 2] and history.loss[1:].notna().all()
+    shares = history[["top_share_Colors", "top_share_Scenes"]]  # the collapse diagnostics, per task and step
+    assert shares.iloc[0].isna().all() and shares.iloc[1:].gt(0).all().all() and shares.iloc[1:].le(1).all().all()
+    assert history[["entropy_Colors", "entropy_Scenes"]].iloc[1:].gt(0).all().all()
     coefficients = torch.load(out / "layer_wise_adamergingpp_coefficients.pt", weights_only=True)["coefficients"]
     assert coefficients.shape[1] == 2 and not torch.all(coefficients == 0.3)  # two Adam steps moved them
     first = pd.read_csv(out / "layer_wise_adamergingpp.csv")

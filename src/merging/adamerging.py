@@ -191,6 +191,7 @@ class AdaMerging:
         shape = (len(self.tensor_names), self.num_tasks) if granularity == "layer" else (self.num_tasks,)
         self.raw = torch.full(shape, float(init), device=self.device, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.raw], lr=lr, betas=betas)
+        self._diagnostics: dict[str, list[float]] = {}
 
     def _lambdas(self) -> torch.Tensor:
         return self.raw.clamp(0.0, 1.0) if self.clamp else self.raw
@@ -224,11 +225,19 @@ class AdaMerging:
         # Leaves cut the graph at the merged tensors: each batch's backward frees its activations at once.
         leaves = {k: v.detach().requires_grad_() for k, v in merged.items()}
         total = torch.zeros((), device=self.device)
+        entropies, predictions = [[] for _ in batches_per_task], [[] for _ in batches_per_task]
         for task, batches in enumerate(batches_per_task):
             for images in batches:
-                loss = entropy_loss(self.logits(images, task, leaves), self.entropy_eps)
+                logits = self.logits(images, task, leaves)
+                per_image = softmax_entropy(logits, self.entropy_eps)
+                loss = per_image.mean(0)  # entropy_loss, with the per-image values kept for the diagnostics
                 loss.backward()
                 total = total + loss.detach()
+                entropies[task].append(per_image.detach())
+                predictions[task].append(logits.detach().argmax(1))
+        self._diagnostics = {"entropy": [float(torch.cat(e).mean()) for e in entropies],
+                             "top_share": [float(torch.bincount(torch.cat(p)).max()) / len(torch.cat(p))
+                                           for p in predictions]}
         used = [k for k in merged if leaves[k].grad is not None]
         if not bool(torch.isfinite(total)):
             raise FloatingPointError(f"AdaMerging: the entropy loss is {float(total)}; the merged model or a head "
@@ -239,6 +248,12 @@ class AdaMerging:
         if not bool(torch.isfinite(self.raw).all()):
             raise FloatingPointError("AdaMerging: an optimiser step made a coefficient NaN or Inf")
         return float(total)
+
+    def diagnostics(self) -> dict[str, list[float]]:
+        """Per task, on the last step's batches (before its update): `entropy`, the mean entropy of the predictions,
+        and `top_share`, the share of the images predicted as the most-predicted class. A task whose share nears 1
+        has collapsed onto one class, which a falling average accuracy alone does not show."""
+        return dict(self._diagnostics)
 
     def state_dict(self) -> dict:
         """The raw coefficients and the optimiser's state: what resuming an interrupted adaptation needs."""
