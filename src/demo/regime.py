@@ -1,0 +1,81 @@
+"""The regime a suite's merges happen in, in numbers: `python -m src.demo.regime` (the demo; `--write` records them
+in `src/demo/regime.json`, which the tests recompute).
+
+Entropy-minimising and arithmetic merges behave as the papers report when the zero-shot heads separate their classes,
+the logits are sharp and the task vectors are small and unlike each other. Per suite:
+- `logit_scale_exp`: exp(logit_scale) of the pretrained CLIP (100 for OpenAI's CLIP), the factor on every logit;
+- per task, `head_cos_mean` / `head_cos_max`: mean and largest cosine between two different class embeddings of its
+  zero-shot head (near 1: the head barely tells the classes apart);
+- per task, `tau_rel_norm`: ‖τ_k‖ / ‖θ₀‖ over the image tower (how far fine-tuning moved the weights);
+- `tau_cos`: the cosine between every two task vectors over the image tower.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from src.files import write_text
+from src.task_vectors import StateDict, image_tower_keys, vector_keys
+
+RECORD = Path(__file__).resolve().parent / "regime.json"
+
+
+def head_cosines(weights: torch.Tensor) -> tuple[float, float]:
+    """(mean, max) cosine between two different rows of a head's [classes, dim] weight matrix."""
+    rows = torch.nn.functional.normalize(weights.double(), dim=1)
+    cos = rows @ rows.T
+    off = cos[~torch.eye(len(rows), dtype=torch.bool)]
+    return float(off.mean()), float(off.max())
+
+
+def regime(pretrained: StateDict, finetuned: Mapping[str, StateDict], heads: Mapping[str, torch.Tensor],
+           logit_scale_key: str = "model.logit_scale") -> dict:
+    """The numbers of the module docstring for one suite (tasks in the order of `finetuned`)."""
+    keys = image_tower_keys(vector_keys(pretrained))
+    theta0 = torch.cat([pretrained[k].double().reshape(-1) for k in keys])
+    taus = {t: torch.cat([(ft[k].double() - pretrained[k].double()).reshape(-1) for k in keys])
+            for t, ft in finetuned.items()}
+    tasks = {}
+    for task, tau in taus.items():
+        mean, largest = head_cosines(heads[task])
+        tasks[task] = {"head_cos_mean": round(mean, 4), "head_cos_max": round(largest, 4),
+                       "tau_rel_norm": round(float(tau.norm() / theta0.norm()), 5)}
+    pairs = {f"{a}|{b}": round(float(taus[a] @ taus[b] / (taus[a].norm() * taus[b].norm())), 4)
+             for a, b in itertools.combinations(taus, 2)}
+    scale = pretrained.get(logit_scale_key)
+    return {"logit_scale_exp": None if scale is None else round(float(scale.double().exp()), 3),
+            "tasks": tasks, "tau_cos": pairs}
+
+
+def demo_regime() -> dict:
+    """`regime` of the bundled demo suite (its committed checkpoints and zero-shot heads)."""
+    from src.cli import parse_args
+    from src.run import open_suite
+    suite = open_suite(parse_args("", {}, ["--demo"]))
+    return regime(suite.pretrained, {t: suite.finetuned(t) for t in suite.tasks},
+                  {t: suite.head(t).weight.detach() for t in suite.tasks})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"record the numbers in {RECORD.name}")
+    args = parser.parse_args(argv)
+    numbers = demo_regime()
+    print(f"exp(logit_scale) = {numbers['logit_scale_exp']}")
+    print(f"{'task':<10} {'head cos mean':>13} {'head cos max':>12} {'|tau|/|theta0|':>15}")
+    for task, row in numbers["tasks"].items():
+        print(f"{task:<10} {row['head_cos_mean']:>13.4f} {row['head_cos_max']:>12.4f} {row['tau_rel_norm']:>15.5f}")
+    cosines = list(numbers["tau_cos"].values())
+    print(f"task-vector cosines: mean {sum(cosines) / len(cosines):.4f}, min {min(cosines):.4f}, "
+          f"max {max(cosines):.4f}")
+    if args.write:
+        write_text(RECORD, json.dumps(numbers, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
