@@ -41,17 +41,18 @@ def require_finite(state_dict: StateDict, what: str) -> None:
 
 
 def check_finetuned(pretrained: StateDict, finetuned: Sequence[StateDict], method: str,
-                    what: str = "fine-tuned state dict") -> list[str]:
+                    what: str = "fine-tuned state dict", same_dtype: bool = True) -> list[str]:
     """`vector_keys(pretrained)`, after checking that every one of `finetuned` (fine-tuned state dicts, or task
-    vectors with `what="task vector"`) has each of them with the pretrained shape and dtype. The one check every
-    method runs on its inputs: a `ValueError` naming the method, the input, the key and what was found."""
+    vectors with `what="task vector"`) has each of them with the pretrained shape and (unless `same_dtype=False`,
+    for task vectors a method may keep in a compact dtype) dtype. The one check every method runs on its inputs: a
+    `ValueError` naming the method, the input, the key and what was found."""
     if not finetuned:
         raise ValueError(f"{method} needs at least one {what}")
     keys = vector_keys(pretrained)
     for i, ft in enumerate(finetuned):
         for key in keys:
             expected = pretrained[key]
-            if key not in ft or ft[key].shape != expected.shape or ft[key].dtype != expected.dtype:
+            if key not in ft or ft[key].shape != expected.shape or (same_dtype and ft[key].dtype != expected.dtype):
                 found = "missing" if key not in ft else f"{ft[key].dtype} {tuple(ft[key].shape)}"
                 which = what if len(finetuned) == 1 else f"{what} {i}"
                 raise ValueError(f"{method}: {which}: key '{key}' is {found}, expected "

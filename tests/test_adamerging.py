@@ -420,3 +420,12 @@ def test_step_diagnostics_are_the_entropy_and_top_class_share_of_the_pre_step_me
         share = max(logits.argmax(1).tolist().count(c) for c in range(logits.shape[1])) / len(logits)
         assert ada.diagnostics()["entropy"][task] == pytest.approx(entropy, rel=1e-4)
         assert ada.diagnostics()["top_share"][task] == share
+
+
+def test_task_vectors_in_a_compact_dtype_are_accepted_and_widened(demo):
+    pre, tvs = demo["pre"], demo["tvs"]
+    compact = [{k: v.to(torch.bfloat16) for k, v in tv.items()} for tv in tvs]
+    lam = torch.full((K,), 0.3)
+    merged = layer_wise_merge(pre, compact, lam)
+    widened = layer_wise_merge(pre, [{k: v.float() for k, v in tv.items()} for tv in compact], lam)
+    assert all(torch.equal(merged[k], widened[k]) and merged[k].dtype == pre[k].dtype for k in pre)

@@ -142,7 +142,7 @@ def layer_wise_merge(pretrained: StateDict, task_vectors: Sequence[StateDict], c
     or a task-wise [num_tasks] vector (one λ_k for every tensor). The clamp is the one the reference applies when it
     builds its final model; clamping already-clamped coefficients changes nothing. `clamp=False` applies them as given.
     """
-    names = check_finetuned(pretrained, task_vectors, "layer-wise merge", what="task vector")
+    names = check_finetuned(pretrained, task_vectors, "layer-wise merge", what="task vector", same_dtype=False)
     table = _coefficient_table(coefficients, len(names), len(task_vectors))
     if clamp:
         table = table.clamp(0.0, 1.0)
@@ -171,7 +171,8 @@ class AdaMerging:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got '{granularity}'")
         if len(heads) != len(task_vectors):
             raise ValueError(f"{len(task_vectors)} task vectors but {len(heads)} heads: give one head per task")
-        self.tensor_names = check_finetuned(pretrained, task_vectors, "AdaMerging", what="task vector")
+        self.tensor_names = check_finetuned(pretrained, task_vectors, "AdaMerging", what="task vector",
+                                            same_dtype=False)
         self.granularity, self.clamp, self.num_tasks = granularity, clamp, len(task_vectors)
         self.entropy_eps = entropy_eps
         self.encoder = encoder.requires_grad_(False)
