@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from src.merging import task_arithmetic
@@ -53,3 +54,11 @@ def test_apply_keeps_keys_missing_from_vector():
     out = apply(pre, {"w": torch.ones(4, 3)}, 2.0)
     assert torch.equal(out["w"], pre["w"] + 2.0)
     assert torch.equal(out["b"], pre["b"])
+
+
+def test_mismatched_or_missing_inputs_are_refused_naming_the_key():
+    pre, fts = _state_dicts()
+    with pytest.raises(ValueError, match="Task Arithmetic: fine-tuned state dict 1: key 'w' is torch.float32 \\(3,\\)"):
+        task_arithmetic(pre, [fts[0], {**fts[1], "w": torch.zeros(3)}])
+    with pytest.raises(ValueError, match="Task Arithmetic needs at least one fine-tuned state dict"):
+        task_arithmetic(pre, [])
