@@ -16,11 +16,11 @@ import torch
 
 from src.cli import apply_preset
 from src.families import HF_FAMILY
-from src.merge_files import coefficient_table, load_coefficients, save_coefficients
+from src.merge_files import load_coefficients, save_coefficients
 from src.merging import AdaMerging, layer_wise_merge, ties_selected_vectors
 from src.options import FUSIONBENCH
 from src.plots import coefficient_heatmap, training_curves
-from src.protocols import Adaptation, BatchSampler, adapt
+from src.protocols import Adaptation, BatchSampler, adapt, mean_accuracy
 from src.run import Run
 from src.task_vectors import StateDict, task_vector, vector_keys
 
@@ -39,6 +39,7 @@ def adamerging(run: Run, method: str, *, variant: str, preset: str, steps: int, 
     """Adapt (or apply saved `coefficients`), evaluate the final merge and write the run's outputs."""
     suite, tasks = run.suite, run.suite.tasks
     pretrained = suite.pretrained
+    names = vector_keys(pretrained)
     vectors = adamerging_vectors(variant, pretrained, suite.all_finetuned(), ties_k)
     merge = functools.partial(layer_wise_merge, pretrained, vectors, clamp=clamp)
 
@@ -47,10 +48,10 @@ def adamerging(run: Run, method: str, *, variant: str, preset: str, steps: int, 
 
     granularity = "layer" if variant.startswith("layer") else "task"
     if coefficients:
-        shape = (len(vector_keys(pretrained)), len(tasks)) if granularity == "layer" else (len(tasks),)
+        shape = (len(names), len(tasks)) if granularity == "layer" else (len(tasks),)
         start = evaluate(torch.full(shape, init), "step 0")
-        result = Adaptation(start, pd.DataFrame({"step": [0], "loss": [float("nan")], "avg_accuracy": [_mean(start)]}),
-                            load_coefficients(coefficients, vector_keys(pretrained), tasks))
+        history = pd.DataFrame({"step": [0], "loss": [float("nan")], "avg_accuracy": [mean_accuracy(start)]})
+        result = Adaptation(start, history, load_coefficients(coefficients, names, tasks))
     else:
         trainer = AdaMerging(suite.new_encoder().to(run.device), pretrained, vectors, [suite.head(t) for t in tasks],
                              granularity=granularity, init=init, lr=lr, clamp=clamp, entropy_eps=entropy_eps,
@@ -62,17 +63,16 @@ def adamerging(run: Run, method: str, *, variant: str, preset: str, steps: int, 
                        checkpoint=lambda state: run.save_state("adaptation", state), task_names=tasks)
     final = evaluate(result.coefficients, "final")
     history = result.history
-    history.loc[history.step == history.step.max(), "avg_accuracy"] = _mean(final)
+    history.loc[history.step == history.step.max(), "avg_accuracy"] = mean_accuracy(final)
     run.report(f"{method}_init", result.init, seed=seed)
     files = {"coefficients_pt": f"{method}_coefficients.pt", "coefficients_csv": f"{method}_coefficients.csv"}
-    save_coefficients(result.coefficients, run.out / files["coefficients_pt"], run.out / files["coefficients_csv"],
-                      vector_keys(pretrained), tasks)
+    table = save_coefficients(result.coefficients, run.out / files["coefficients_pt"],
+                              run.out / files["coefficients_csv"], names, tasks)
     run.write_table(f"{method}_history", history, seed=seed)
-    coefficient_heatmap(coefficient_table(result.coefficients, vector_keys(pretrained), tasks),
-                        run.out / f"{method}_coefficients.png", f"{method}: learned λ ({suite.model})")
+    coefficient_heatmap(table, run.out / f"{method}_coefficients.png", f"{method}: learned λ ({suite.model})")
     training_curves(history, run.out / f"{method}_curves.png", f"{method} ({suite.model})")
     run.report(method, final, seed=seed, steps=int(history.step.max()), preset=preset,
-               init_avg_accuracy=_mean(result.init), **files)
+               init_avg_accuracy=mean_accuracy(result.init), **files)
     return result
 
 
@@ -83,7 +83,3 @@ def choose_preset(args, suite) -> None:
         args.preset = args.hyperparameters["PRESET"] = "fusionbench" if suite.family == HF_FAMILY else "reference"
     if args.preset == "fusionbench":
         apply_preset(args, FUSIONBENCH)
-
-
-def _mean(accuracy: dict[str, float]) -> float:
-    return sum(accuracy.values()) / len(accuracy)

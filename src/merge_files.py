@@ -84,8 +84,9 @@ def coefficient_table(coefficients: torch.Tensor, tensor_names: Sequence[str],
 
 
 def save_coefficients(coefficients: torch.Tensor, path_pt: str | Path, path_csv: str | Path,
-                      tensor_names: Sequence[str], task_names: Sequence[str]) -> None:
-    """Write the coefficients as a .pt (tensor + names) and a CSV table tensor-name × task, each atomically."""
+                      tensor_names: Sequence[str], task_names: Sequence[str]) -> pd.DataFrame:
+    """Write the coefficients as a .pt (tensor + names) and a CSV table tensor-name × task, each atomically; returns
+    that table (`coefficient_table`)."""
     table = coefficient_table(coefficients, tensor_names, task_names)
     with atomic_write(path_pt) as tmp:
         torch.save({"coefficients": torch.as_tensor(coefficients).detach().cpu().clone(),
@@ -96,6 +97,7 @@ def save_coefficients(coefficients: torch.Tensor, path_pt: str | Path, path_csv:
     # repr of a float32 widened to float64 reads back to the same float32.
     writer.writerows([name, *(repr(v) for v in values)] for name, values in zip(table.index, table.to_numpy().tolist()))
     write_text(path_csv, out.getvalue())
+    return table
 
 
 def load_coefficients(path_pt: str | Path, tensor_names: Sequence[str] | None = None,

@@ -76,7 +76,7 @@ def adapt(trainer: AdaMerging, sampler: BatchSampler, images: Callable[[int, tor
     step's batches) adds them to each step's row, as `<name>_<task>` columns (`task_names`, or the task indices)."""
     if resume is None:
         init = evaluate(trainer.coefficients(), "step 0")
-        rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": _mean(init)}]
+        rows = [{"step": 0, "loss": float("nan"), "avg_accuracy": mean_accuracy(init)}]
         first = 1
     else:
         trainer.load_state_dict(resume["trainer"])
@@ -88,7 +88,7 @@ def adapt(trainer: AdaMerging, sampler: BatchSampler, images: Callable[[int, tor
         loss = trainer.step(batches)
         accuracy = None
         if eval_every and step % eval_every == 0 and step != steps:
-            accuracy = _mean(evaluate(trainer.coefficients(), f"step {step}"))
+            accuracy = mean_accuracy(evaluate(trainer.coefficients(), f"step {step}"))
         rows.append({"step": step, "loss": loss, "avg_accuracy": accuracy, **_diagnostics(trainer, task_names)})
         bar.set_postfix(loss=f"{loss:.3f}")
         if checkpoint is not None:
@@ -174,5 +174,6 @@ def _in_order(frames: list[pd.DataFrame], methods: list[str]) -> pd.DataFrame:
         columns="_rank").reset_index(drop=True)
 
 
-def _mean(accuracy: Mapping[str, float]) -> float:
+def mean_accuracy(accuracy: Mapping[str, float]) -> float:
+    """The unweighted mean of per-task accuracies (the tables' avg)."""
     return sum(accuracy.values()) / len(accuracy)

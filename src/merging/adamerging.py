@@ -236,9 +236,10 @@ class AdaMerging:
                 total = total + loss.detach()
                 entropies[task].append(per_image.detach())
                 predictions[task].append(logits.detach().argmax(1))
-        self._diagnostics = {"entropy": [float(torch.cat(e).mean()) for e in entropies],
-                             "top_share": [float(torch.bincount(torch.cat(p)).max()) / len(torch.cat(p))
-                                           for p in predictions]}
+        predicted = [torch.cat(p) for p in predictions]
+        self._diagnostics = {  # one device-to-host copy each, not one per task
+            "entropy": torch.stack([torch.cat(e).mean() for e in entropies]).tolist(),
+            "top_share": torch.stack([torch.bincount(p).max().double() / len(p) for p in predicted]).tolist()}
         used = [k for k in merged if leaves[k].grad is not None]
         if not bool(torch.isfinite(total)):
             raise FloatingPointError(f"AdaMerging: the entropy loss is {float(total)}; the merged model or a head "
