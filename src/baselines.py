@@ -8,11 +8,14 @@ and two runs sharing the folder take turns (a lock) instead of evaluating the sa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from src.files import atomic_write, display_path, exclusive, sha256
-from src.suite import Suite
+
+if TYPE_CHECKING:
+    from src.suite import Suite
 
 KINDS = ("zeroshot", "individual")
 _COLUMNS = ["kind", "task", "accuracy", "checkpoint", "checkpoint_sha256", "amp", "data_source"]
@@ -21,11 +24,12 @@ _WAIT_S = 3600.0  # another run evaluating the same baselines finishes them with
 
 class Baselines:
     """Zero-shot and individual accuracies of `suite`'s tasks, reused from `folder` when stored there for the same
-    checkpoint file and precision; `reevaluate` evaluates them again (once per Baselines) and replaces the rows."""
+    checkpoint file and precision; `reevaluate` evaluates them again (once per Baselines) and replaces the rows.
+    With no folder they are evaluated once per Baselines and stored nowhere."""
 
-    def __init__(self, suite: Suite, folder: Path, reevaluate: bool = False):
+    def __init__(self, suite: "Suite", folder: Path | None, reevaluate: bool = False):
         self.suite = suite
-        self.path = Path(folder) / "baselines.csv"
+        self.path = None if folder is None else Path(folder) / "baselines.csv"
         self.reevaluate = reevaluate
         self._known: dict[str, dict[str, float]] = {}
 
@@ -33,12 +37,19 @@ class Baselines:
         """`kind` ('zeroshot' or 'individual') accuracy per task of the suite, in the suite's task order."""
         if kind not in KINDS:
             raise ValueError(f"baseline kind {kind!r}: expected one of {KINDS}")
+        if kind not in self._known and self.path is None:
+            self._known[kind] = self._evaluate(kind, self.suite.tasks)
         if kind not in self._known:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with exclusive(self.path.with_name(".baselines.lock"), what=f"{display_path(self.path)}",
                            wait_s=_WAIT_S):
                 self._known[kind] = self._lookup_or_evaluate(kind)
         return dict(self._known[kind])
+
+    def _evaluate(self, kind: str, tasks: list[str]) -> dict[str, float]:
+        if kind == "zeroshot":
+            return self.suite.zeroshot_accuracies(tasks)
+        return self.suite.individual_accuracies(tasks)
 
     def _row_keys(self, kind: str) -> dict[str, tuple]:
         amp = self.suite.uses_amp
@@ -57,8 +68,7 @@ class Baselines:
         found = {task: stored[key] for task, key in keys.items() if key in stored and not self.reevaluate}
         missing = [task for task in self.suite.tasks if task not in found]
         if missing:
-            fresh = self.suite.zeroshot_accuracies(missing) if kind == "zeroshot" else \
-                self.suite.individual_accuracies(missing)
+            fresh = self._evaluate(kind, missing)
             replaced = {keys[task] for task in missing}
             rows = [dict(zip(_COLUMNS, (*key[:2], accuracy, *key[2:]))) for key, accuracy in stored.items()
                     if key not in replaced]

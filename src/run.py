@@ -1,5 +1,5 @@
-"""One entry-script run: the suite its flags select (or the bundled demo), its output folder, the baseline rows
-and reporting (README, "Results files")."""
+"""One entry-script run: the suite its flags select (or the bundled demo), its output folder, its tables and
+provenance, and what it prints (README, "Results files")."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from src.baselines import Baselines
 from src.checkpoints import CheckpointError, find_checkpoints
 from src.cli import DEFAULT_CHECKPOINTS, DEMO_MODEL, DEMO_TASKS, AlreadyDone, task_list
 from src.eval import default_device
-from src.families import DEMO_FAMILY, FAMILY_OF_ROUTE, TASK_VECTORS_FAMILY
+from src.families import DEMO_FAMILY, FAMILY_OF_ROUTE
 from src.files import REPO, atomic_write, display_path, exclusive, write_text
 from src.results import code_version, format_table, paper_numbers, provenance, results_table, write_results
 from src.suite import Suite, make_suite
@@ -58,11 +57,12 @@ def _suite(args: argparse.Namespace, root: Path, model: str, tasks: list[str]) -
     # otherwise it is open_clip's 'openai' weights, as task_vectors used.
     clip = Path(root) / model / "clip.pt"
     return make_suite(found, tasks, text_tower=str(clip) if clip.exists() else "openai",
-                      data_location=args.data, batch_size=args.batch_size, device=args.device, amp=args.amp)
+                      data_location=args.data, batch_size=args.batch_size, device=args.device, amp=args.amp,
+                      results=args.results, reevaluate_baselines=args.reevaluate)
 
 
 class Run:
-    """One entry-script run: its suite, its output folder, the baseline rows, reporting. Use it in a `with` block.
+    """One entry-script run: its suite, its output folder, tables, provenance and messages. Use it in a `with` block.
 
     The output folder, `<results>/<suite>/<name>-<key>/`, is named by a hash of everything that defines the numbers
     (the hyperparameters after any preset, the tasks, the checkpoint files, the evaluation precision), so a run
@@ -87,12 +87,9 @@ class Run:
         if configure is not None:
             configure(args, self.suite)
         self.device = str(args.device or default_device())
-        label = self.suite.model if self.suite.family in (TASK_VECTORS_FAMILY, DEMO_FAMILY) else \
-            f"{self.suite.model}_{self.suite.family}"
-        self.baselines = Baselines(self.suite, Path(args.results) / label, args.reevaluate)
         self.key = run_key(name, args.hyperparameters, self.suite.tasks, self.suite.checkpoint_hashes(),
                            self.suite.uses_amp)
-        self.out = Path(args.results) / label / f"{name}-{self.key}"
+        self.out = Path(args.results) / self.suite.name / f"{name}-{self.key}"
         self._hold = contextlib.ExitStack()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +146,7 @@ class Run:
     def report(self, method: str, accuracy: Mapping[str, float], **extra) -> Path:
         """Print `method`'s accuracies next to the zero-shot and individual rows, then write `<out>/<method>.csv`
         (+ provenance) and, once per run, the two baseline tables beside it."""
-        zeroshot, individual = self.baselines.accuracies("zeroshot"), self.baselines.accuracies("individual")
+        zeroshot, individual = self.suite.baseline("zeroshot"), self.suite.baseline("individual")
         # A merge that does worse than not merging at all is usually a broken run (EMR#10-style collapse).
         below = [t for t in accuracy if t in zeroshot and accuracy[t] < zeroshot[t]]
         print(format_table({"zero-shot": zeroshot, "individual": individual, method: accuracy}, self.suite.tasks))

@@ -2,7 +2,8 @@
 
 Every entry script works on a Suite, so the five scripts differ only in their merge call. A Suite loads fine-tuned
 checkpoints lazily (memory-mapped), reuses one encoder module for every evaluation, caches zero-shot heads on disk,
-and keeps the individual (fine-tuned) accuracies that normalized accuracy needs.
+and owns the zero-shot and individual accuracies every result is read beside (`baseline`), kept in
+`<results>/<name>/baselines.csv` when it has a results folder (`src/baselines.py`).
 
 The checkpoint route decides the rest (`make_suite` picks the class from the checkpoint family):
 - `OpenClipSuite` (task_vectors checkpoints and the demo): open_clip `ImageEncoder` state dicts, open_clip's eval
@@ -21,12 +22,13 @@ import torch
 from torch import nn
 
 from src import heads as heads_lib
+from src.baselines import Baselines
 from src import hf_clip
 from src.checkpoints import CheckpointSet, load_head, load_state_dict
 from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached
 from src.eval import default_device, evaluate
-from src.families import HF_FAMILY
+from src.families import DEMO_FAMILY, HF_FAMILY, TASK_VECTORS_FAMILY
 from src.files import CACHE_DIR, display_path, sha256
 from src.modeling import ClassificationHead, ImageEncoder, create_clip, get_tokenizer
 from src.task_vectors import StateDict, require_finite
@@ -41,6 +43,8 @@ class Suite:
     device: str | None = None
     amp: bool | None = None
     cache_dir: Path = CACHE_DIR
+    results: Path | None = None  # where the baseline rows are kept (results/<name>/baselines.csv); None: nowhere
+    reevaluate_baselines: bool = False
     _finetuned: dict[str, StateDict] = field(default_factory=dict, repr=False)
 
     data_source = "folders"
@@ -52,6 +56,13 @@ class Suite:
     @property
     def family(self) -> str:
         return self.checkpoints.family
+
+    @property
+    def name(self) -> str:
+        """The suite's folder name under results/: the model, suffixed with the family of any checkpoints but
+        task_vectors' and the demo's (the Hugging Face route's numbers differ for the same model)."""
+        plain = self.family in (TASK_VECTORS_FAMILY, DEMO_FAMILY)
+        return self.model if plain else f"{self.model}_{self.family}"
 
     @property
     def uses_amp(self) -> bool:
@@ -125,6 +136,16 @@ class Suite:
 
     def individual_accuracies(self, tasks: list[str] | None = None) -> dict[str, float]:
         return self.evaluate(self.finetuned, "individual", tasks)
+
+    def baseline(self, kind: str) -> dict[str, float]:
+        """The 'zeroshot' or 'individual' accuracy of every task, evaluated once per checkpoint file: read from the
+        baseline store when it has them, else evaluated (and stored when the suite has a results folder)."""
+        return self._baselines.accuracies(kind)
+
+    @functools.cached_property
+    def _baselines(self) -> Baselines:
+        return Baselines(self, None if self.results is None else Path(self.results) / self.name,
+                         self.reevaluate_baselines)
 
 
 @dataclass(eq=False)

@@ -179,3 +179,27 @@ def test_reevaluate_evaluates_each_baseline_once(tmp_path, monkeypatch):
     main_task_arithmetic.main(TWO + ["--results", str(tmp_path), "--reevaluate"])
     assert sorted(d for d, _ in evaluated) == ["individual", "task arithmetic", "zero-shot"]
     assert len(pd.read_csv(tmp_path / "demo" / "baselines.csv")) == 2 * 2  # rows replaced, not added
+
+
+def test_the_suite_owns_its_baselines_stored_under_its_name_or_nowhere(tmp_path, monkeypatch):
+    evaluated = []
+    original = Suite.evaluate
+
+    def counting(self, weights, desc, tasks=None):
+        evaluated.append(desc)
+        return original(self, weights, desc, tasks)
+    monkeypatch.setattr(Suite, "evaluate", counting)
+    stored = run.open_suite(cli.parse_args("d", {}, TWO + ["--results", str(tmp_path / "kept")]))
+    assert stored.name == "demo"
+    first = stored.baseline("zeroshot")
+    assert stored.baseline("zeroshot") == first and evaluated == ["zero-shot"]
+    table = pd.read_csv(tmp_path / "kept" / "demo" / "baselines.csv")
+    assert dict(zip(table.task, table.accuracy)) == first and set(table.kind) == {"zeroshot"}
+    # Another suite on the same store reads the rows instead of evaluating again.
+    again = run.open_suite(cli.parse_args("d", {}, TWO + ["--results", str(tmp_path / "kept")]))
+    assert again.baseline("zeroshot") == first and evaluated == ["zero-shot"]
+
+    loose = run.open_suite(cli.parse_args("d", {}, TWO))
+    loose.results = None
+    assert loose.baseline("individual") == loose.baseline("individual")
+    assert evaluated == ["zero-shot", "individual"] and sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
