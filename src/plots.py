@@ -70,3 +70,19 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> None:
         below.legend(fontsize=7, ncol=4, loc="lower left")
     axes[-1, 0].set_xlabel("step")
     _save(fig, path)
+
+
+def accuracy_grid(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy (%) of each method (rows, in the table's order) on each task and on average (columns), as a heatmap
+    with the numbers written in: the whole comparison of a suite at a glance."""
+    fig, ax = plt.subplots(figsize=(0.9 * len(table.columns) + 2.5, 0.45 * len(table) + 1.2))
+    image = ax.imshow(table.values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(table)), table.index)
+    ax.axvline(len(table.columns) - 1.5, color="white", linewidth=2)
+    for (row, col), value in pd.DataFrame(table.values).stack().items():
+        ax.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                color="black" if value > 60 else "white")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    _save(fig, path)

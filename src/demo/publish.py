@@ -19,9 +19,14 @@ PUBLISHED = Path(__file__).resolve().parent / "results"
 RUNS = [("main_task_arithmetic", []), ("main_ties_merging", []), ("main_layer_wise_adamergingpp", []),
         ("main_layer_wise_adamergingpp", ["--variant", "task_wise_pp"]), ("main_emr_merging", []), ("main_opcm", [])]
 
+# The rows of summary.png, in the order of the papers' tables (the AdaMerging step-0 and EMR ablation tables stay
+# in their CSV files).
+SUMMARY_ROWS = ["zeroshot", "task_arithmetic", "ties_merging", "task_wise_adamergingpp", "layer_wise_adamergingpp",
+                "emr_merging", "individual"]
+
 
 def publish(target: Path = PUBLISHED, runs: list[tuple[str, list[str]]] = RUNS) -> list[str]:
-    """Run `runs` on the demo suite and make `target` hold exactly their tables, sidecars and plots; returns the
+    """Run `runs` on the demo suite and make `target` hold exactly their tables, sidecars and plots (and `summary.png`, all methods × tasks); returns the
     file names written."""
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="publish-", dir=target.parent) as scratch:
@@ -37,11 +42,22 @@ def publish(target: Path = PUBLISHED, runs: list[tuple[str, list[str]]] = RUNS) 
             if path.name.startswith(".") or path.name.endswith((".state.pt", ".safetensors")):
                 continue
             shutil.copy2(path, staged / path.name)
+        draw_summary(staged)
         old = Path(scratch) / "old"
         if target.exists():
             target.rename(old)
         staged.rename(target)
         return sorted(p.name for p in target.iterdir())
+
+
+def draw_summary(folder: Path) -> Path:
+    """`folder/summary.png`: the accuracy of each method of `SUMMARY_ROWS` on every demo task."""
+    from src.plots import accuracy_grid
+    from src.results import summary
+    table = summary(folder).T
+    path = folder / "summary.png"
+    accuracy_grid(table.loc[[m for m in SUMMARY_ROWS if m in table.index]], path, "demo suite: accuracy (%)")
+    return path
 
 
 @contextlib.contextmanager
