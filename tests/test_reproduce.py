@@ -148,7 +148,8 @@ def test_the_demo_grid_two_jobs_at_once_a_failing_cell_and_the_report(tmp_path):
     table = pd.read_csv(results / "REPRODUCTION.csv")
     ta = table[(table.method == "task_arithmetic") & (table.backbone == "demo")].set_index("task").accuracy
     assert ta.round(4).equals(_committed("task_arithmetic").round(4))
-    assert "| task_arithmetic | 29.67 | 37.83 |" in text and "| zeroshot | 40.00 |" in text
+    for method in ("task_arithmetic", "zeroshot"):  # the report's rows carry the committed numbers
+        assert f"| {method} | " + " | ".join(f"{a:.2f}" for a in _committed(method)) + " |" in text
     assert set(table[table.backbone == "ViT-B-32"].status) == {"failed"}
     assert f"| {failing.label} | failed | failed |" in text
     for cell in (c for c in cells if c.method in grid.CONTINUAL):
