@@ -25,6 +25,18 @@ from tests.fixtures.runs import run_folder
 TWO = ["--demo", "--tasks", "Colors,Scenes"]
 
 
+def _count_evaluations(monkeypatch) -> list[str]:
+    """The `desc` of every `Suite.evaluate` call from now on, in order."""
+    evaluated = []
+    original = Suite.evaluate
+
+    def counting(self, weights, desc, tasks=None):
+        evaluated.append(desc)
+        return original(self, weights, desc, tasks)
+    monkeypatch.setattr(Suite, "evaluate", counting)
+    return evaluated
+
+
 def _digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -128,13 +140,8 @@ def test_ctrl_c_mid_opcm_keeps_the_finished_orders_and_the_rerun_completes_them(
     finished = set(zip(kept.method, kept.order))
     assert finished and len(finished) < 8
 
-    evaluated = []
     original = Suite.evaluate
-
-    def counting(self, weights, desc, tasks=None):
-        evaluated.append(desc)
-        return original(self, weights, desc, tasks)
-    monkeypatch.setattr(Suite, "evaluate", counting)
+    evaluated = _count_evaluations(monkeypatch)
     main_opcm.main(TWO + flags + ["--results", str(tmp_path / "a")])
     assert not any(f"{m} order {o} " in d for m, o in finished for d in evaluated)
     monkeypatch.setattr(Suite, "evaluate", original)
@@ -169,26 +176,14 @@ def test_a_full_disk_still_shows_the_accuracies_then_one_error_line(tmp_path, mo
 
 def test_reevaluate_evaluates_each_baseline_once(tmp_path, monkeypatch):
     main_task_arithmetic.main(TWO + ["--results", str(tmp_path)])
-    evaluated = []
-    original = Suite.evaluate
-
-    def counting(self, weights, desc, tasks=None):
-        evaluated.append((desc, tuple(tasks or self.tasks)))
-        return original(self, weights, desc, tasks)
-    monkeypatch.setattr(Suite, "evaluate", counting)
+    evaluated = _count_evaluations(monkeypatch)
     main_task_arithmetic.main(TWO + ["--results", str(tmp_path), "--reevaluate"])
-    assert sorted(d for d, _ in evaluated) == ["individual", "task arithmetic", "zero-shot"]
+    assert sorted(evaluated) == ["individual", "task arithmetic", "zero-shot"]
     assert len(pd.read_csv(tmp_path / "demo" / "baselines.csv")) == 2 * 2  # rows replaced, not added
 
 
 def test_the_suite_owns_its_baselines_stored_under_its_name_or_nowhere(tmp_path, monkeypatch):
-    evaluated = []
-    original = Suite.evaluate
-
-    def counting(self, weights, desc, tasks=None):
-        evaluated.append(desc)
-        return original(self, weights, desc, tasks)
-    monkeypatch.setattr(Suite, "evaluate", counting)
+    evaluated = _count_evaluations(monkeypatch)
     stored = run.open_suite(cli.parse_args("d", {}, TWO + ["--results", str(tmp_path / "kept")]))
     assert stored.name == "demo"
     first = stored.baseline("zeroshot")
