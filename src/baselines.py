@@ -37,14 +37,14 @@ class Baselines:
         """`kind` ('zeroshot' or 'individual') accuracy per task of the suite, in the suite's task order."""
         if kind not in KINDS:
             raise ValueError(f"baseline kind {kind!r}: expected one of {KINDS}")
-        if kind not in self._known and self.path is None:
-            self._known[kind] = self._evaluate(kind, self.suite.tasks)
         if kind not in self._known:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with exclusive(self.path.with_name(".baselines.lock"), what=f"{display_path(self.path)}",
-                           wait_s=_WAIT_S):
-                self._known[kind] = self._lookup_or_evaluate(kind)
+            self._known[kind] = self._evaluate(kind, self.suite.tasks) if self.path is None else self._stored(kind)
         return dict(self._known[kind])
+
+    def _stored(self, kind: str) -> dict[str, float]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.path.with_name(".baselines.lock"), what=f"{display_path(self.path)}", wait_s=_WAIT_S):
+            return self._lookup_or_evaluate(kind)
 
     def _evaluate(self, kind: str, tasks: list[str]) -> dict[str, float]:
         if kind == "zeroshot":

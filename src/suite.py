@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from src import heads as heads_lib
-from src.baselines import Baselines
 from src import hf_clip
+from src.baselines import Baselines
 from src.checkpoints import CheckpointSet, load_head, load_state_dict
 from src.datasets import TaskData, get_task, known_tasks
 from src.datasets.cache import cached

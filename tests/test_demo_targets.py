@@ -2,15 +2,15 @@
 not reach are listed there with their numbers, not tested). The tables themselves are recomputed from the
 checkpoints by tests/test_cli.py, and the regime numbers by tests/test_regime.py."""
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from src.demo.publish import PUBLISHED
 from src.demo.regime import RECORD
+from src.files import REPO
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+CHECKPOINTS = REPO / "checkpoints" / "demo"
 
 
 def _avg(method: str) -> float:

@@ -26,8 +26,8 @@ SUMMARY_ROWS = ["zeroshot", "task_arithmetic", "ties_merging", "task_wise_adamer
 
 
 def publish(target: Path = PUBLISHED, runs: list[tuple[str, list[str]]] = RUNS) -> list[str]:
-    """Run `runs` on the demo suite and make `target` hold exactly their tables, sidecars and plots (and `summary.png`, all methods × tasks); returns the
-    file names written."""
+    """Run `runs` on the demo suite and make `target` hold exactly their tables, sidecars and plots, plus
+    `summary.png` (all methods × tasks); returns the file names written."""
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="publish-", dir=target.parent) as scratch:
         for module, flags in runs:
