@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None):
     from src.merging import task_arithmetic
     from src.run import Run
     with Run(args, "task_arithmetic") as run:
-        merged = task_arithmetic(run.suite.pretrained, run.suite.all_finetuned(), args.scaling_coef)
+        merged = task_arithmetic(run.suite.pretrained, run.suite.all_finetuned(), scaling_coef=args.scaling_coef)
         run.report("task_arithmetic", run.suite.evaluate(merged, "task arithmetic"))
         return run.out
 

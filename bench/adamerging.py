@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 from bench import harness
+from main_layer_wise_adamergingpp import ADAPT_BATCH_SIZE, INIT, LR
 from src.merging.adamerging import AdaMerging
 from tests.naive_merging import NaiveAdaMerging
 
 SEED = 0
 TASK_VECTOR_SCALE = 1e-3
 NUM_CLASSES = 10
-BATCH_SIZE = 16
 TASK_COUNTS = (2, 4, 8)
 # glibc raises its mmap threshold after large frees, so freed activations and temporaries stay in the heap and RSS
 # grows with the number of batches whether or not tensors are alive (measured: ~0.55 GiB per task on ViT-B/32 with
@@ -74,7 +74,7 @@ def _setup(model_name: str, num_tasks: int, batches_per_task: int):
         heads.append(ClassificationHead(True, 100 * w / w.norm(dim=1, keepdim=True)))
     size = encoder.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    data = [[torch.randn(BATCH_SIZE, 3, size, size, generator=g) for _ in range(batches_per_task)]
+    data = [[torch.randn(ADAPT_BATCH_SIZE, 3, size, size, generator=g) for _ in range(batches_per_task)]
             for _ in range(num_tasks)]
     return encoder, pretrained, task_vectors, heads, data
 
@@ -84,7 +84,7 @@ def child(model_name: str, num_tasks: int, method: str, coefficients_out: Path, 
     batches_per_task, steps, _ = PLAN[model_name]
     encoder, pretrained, task_vectors, heads, data = _setup(model_name, num_tasks, batches_per_task)
     if method == "functional":
-        trainer = AdaMerging(encoder, pretrained, task_vectors, heads)
+        trainer = AdaMerging(encoder, pretrained, task_vectors, heads, granularity="layer", init=INIT, lr=LR)
     else:
         trainer = NaiveAdaMerging(encoder, pretrained, task_vectors, heads)
     times, losses = [], []
@@ -134,7 +134,7 @@ def measure(model_name: str, num_tasks: int, threads: int, mmap_threshold: int, 
         peak = statistics.median(r["peak_rss_mib"] for r in results)
         vectors = results[0]["task_vectors_mib"]
         rows.append({"model": model_name, "tasks": num_tasks, "method": method, "batches_per_task": batches_per_task,
-                     "batch_size": BATCH_SIZE, "timed_steps": steps, "processes": processes,
+                     "batch_size": ADAPT_BATCH_SIZE, "timed_steps": steps, "processes": processes,
                      "step_s_median": round(statistics.median(r["step_s"] for r in results), 3),
                      "step_s_per_process": ";".join(f"{r['step_s']:.3f}" for r in results),
                      "peak_rss_mib": round(peak, 1), "task_vectors_mib": round(vectors, 1),

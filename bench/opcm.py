@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench import harness
+from main_opcm import ALPHA
 from src.checkpoints import load_state_dict
 from src.merging import OPCM
 
@@ -35,7 +36,7 @@ def child(impl: str, num_models: int, workdir: Path, threads: int) -> dict:
     pretrained_path, paths = harness.checkpoint_paths(workdir, num_models)
     pretrained = load_state_dict(pretrained_path)
     pool = [{k: v.clone() for k, v in load_state_dict(p).items()} for p in paths] if impl == "eager" else None
-    merger = OPCM(pretrained)
+    merger = OPCM(pretrained, alpha=ALPHA)
     times = []
     with harness.PeakAnon() as anon:
         for i, path in enumerate(paths):

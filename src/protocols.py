@@ -37,13 +37,14 @@ class BatchSampler:
         self.lengths, self.batch_size, self.per_task, self.sampling = list(dataset_lengths), batch_size, \
             batches_per_task, sampling
         self.generator = torch.Generator().manual_seed(seed)
-        self.streams = [BatchStream(n, batch_size, self.generator) for n in self.lengths]
+        self.streams = [BatchStream(n, batch_size=batch_size, generator=self.generator) for n in self.lengths]
 
     def draw(self) -> list[list[torch.Tensor]]:
         """One step's index batches, per task in order."""
         if self.sampling == "stream":
             return [[next(stream) for _ in range(self.per_task)] for stream in self.streams]
-        return [seeded_batches(n, self.batch_size, self.per_task, self.generator) for n in self.lengths]
+        return [seeded_batches(n, batch_size=self.batch_size, num_batches=self.per_task,
+                               generator=self.generator) for n in self.lengths]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "streams": [s.state_dict() for s in self.streams]}

@@ -1,4 +1,5 @@
 import copy
+import importlib
 import csv
 import math
 
@@ -14,6 +15,7 @@ from tests.naive_merging import naive_merged_module
 
 K = 3
 N_IMAGES = 40
+REFERENCE = {"granularity": "layer", "init": 0.3, "lr": 1e-3}  # the reference's layer-wise run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,11 +46,13 @@ def demo():
 
 
 def _trainer(demo, **kw):
-    return AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], copy.deepcopy(demo["heads"]), **kw)
+    return AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], copy.deepcopy(demo["heads"]),
+                      **{**REFERENCE, **kw})
 
 
 def _batches(demo, generator, num_batches=2, batch_size=16):
-    return [[demo["images"][idx] for idx in seeded_batches(N_IMAGES, batch_size, num_batches, generator)]
+    return [[demo["images"][idx] for idx in seeded_batches(N_IMAGES, batch_size=batch_size, num_batches=num_batches,
+                                                              generator=generator)]
             for _ in range(K)]
 
 
@@ -177,23 +181,26 @@ def test_two_batches_per_task_are_used(demo):
         return forward
 
     ada = AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"],
-                     [counting(k, h) for k, h in enumerate(copy.deepcopy(demo["heads"]))])
+                     [counting(k, h) for k, h in enumerate(copy.deepcopy(demo["heads"]))], **REFERENCE)
     images = demo["images"]
     ada.step([[images[:16], images[16:23]] for _ in range(K)])  # batch sizes 16 then 7 tell the two apart
     assert calls == [(k, n) for k in range(K) for n in (16, 7)]
-    default = seeded_batches(N_IMAGES, generator=torch.Generator().manual_seed(0))
+    script = importlib.import_module("main_layer_wise_adamergingpp")  # its defaults are the reference's 2 × 16
+    default = seeded_batches(N_IMAGES, batch_size=script.ADAPT_BATCH_SIZE, num_batches=script.BATCHES_PER_TASK,
+                             generator=torch.Generator().manual_seed(0))
     assert [len(b) for b in default] == [16, 16] and len(torch.cat(default).unique()) == 32
 
 
 def test_seeded_batches_reproducible_and_short_datasets():
-    a = seeded_batches(100, 16, 2, torch.Generator().manual_seed(5))
-    b = seeded_batches(100, 16, 2, torch.Generator().manual_seed(5))
-    c = seeded_batches(100, 16, 2, torch.Generator().manual_seed(6))
+    a = seeded_batches(100, batch_size=16, num_batches=2, generator=torch.Generator().manual_seed(5))
+    b = seeded_batches(100, batch_size=16, num_batches=2, generator=torch.Generator().manual_seed(5))
+    c = seeded_batches(100, batch_size=16, num_batches=2, generator=torch.Generator().manual_seed(6))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    assert [len(x) for x in seeded_batches(20, 16, 2, torch.Generator().manual_seed(0))] == [16, 4]
+    short = seeded_batches(20, batch_size=16, num_batches=2, generator=torch.Generator().manual_seed(0))
+    assert [len(x) for x in short] == [16, 4]
     with pytest.raises(ValueError, match="dataset_len=0"):
-        seeded_batches(0, 16, 2)
+        seeded_batches(0, batch_size=16, num_batches=2)
 
 
 def _train(demo, seed, steps=3, **kw):
@@ -289,7 +296,7 @@ def test_trainer_rejects_bad_input(demo):
     with pytest.raises(ValueError, match="granularity"):
         _trainer(demo, granularity="block")
     with pytest.raises(ValueError, match="one head per task"):
-        AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], demo["heads"][:2])
+        AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], demo["heads"][:2], **REFERENCE)
     ada = _trainer(demo)
     with pytest.raises(ValueError, match=f"each of the {K} tasks"):
         ada.step([[demo["images"][:4]]] * (K - 1))
@@ -309,7 +316,8 @@ def test_plus_plus_at_init_is_ties_dis_sum(demo):
         # TIES sums the selected entries before scaling by λ, AdaMerging++ scales each: equal to float32 rounding.
         torch.testing.assert_close(merged[key], ties[key], rtol=1e-6, atol=1e-7)
     plain = _trainer(demo).merged_params()
-    plus_plus = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"])).merged_params()
+    plus_plus = AdaMerging(copy.deepcopy(demo["encoder"]), pre, selected, copy.deepcopy(demo["heads"]),
+                           **REFERENCE).merged_params()
     assert all(torch.equal(plus_plus[k].detach(), merged[k]) for k in plus_plus)
     assert not torch.equal(plus_plus["model.visual.proj"], plain["model.visual.proj"])
 
@@ -382,7 +390,7 @@ def test_layer_wise_on_a_clip_vision_model_follows_fusionbench():
     pre = pretrained.state_dict()
     tvs = [task_vector(pre, ft.state_dict()) for ft in finetuned]
     heads = [ClassificationHead(True, t * scale) for t in text]
-    trainer = AdaMerging(encoder, pre, tvs, heads, clamp=False, entropy_eps=1e-8)
+    trainer = AdaMerging(encoder, pre, tvs, heads, **REFERENCE, clamp=False, entropy_eps=1e-8)
     for step in range(3):
         trainer.step([[b] for b in batches[step]])
     ours = trainer.coefficients()
@@ -398,7 +406,7 @@ def test_layer_wise_on_a_clip_vision_model_follows_fusionbench():
 
 def test_a_step_with_non_finite_loss_stops_with_a_clear_error(demo):
     heads = [ClassificationHead(True, torch.full((5, 64), float("nan"))) for _ in range(K)]
-    trainer = AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], heads)
+    trainer = AdaMerging(copy.deepcopy(demo["encoder"]), demo["pre"], demo["tvs"], heads, **REFERENCE)
     before = trainer.coefficients().clone()
     with pytest.raises(FloatingPointError, match="entropy loss is nan"):
         trainer.step(_batches(demo, torch.Generator().manual_seed(0)))

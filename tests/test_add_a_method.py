@@ -75,7 +75,7 @@ def test_the_adapted_recipe_takes_one_adam_step_of_lr_against_the_entropy_gradie
     encoder = suite.new_encoder()
 
     def loss(lam: float) -> float:
-        encoder.load_merged(task_arithmetic(pretrained, finetuned, lam))
+        encoder.load_merged(task_arithmetic(pretrained, finetuned, scaling_coef=lam))
         with torch.no_grad():
             return sum(float(entropy_loss(suite.head(task)(encoder(torch.stack([test_sets[i][int(j)][0]
                                                                                 for j in first_draw[i][0]])))))

@@ -59,7 +59,7 @@ def test_weight_average_needs_a_model_and_inputs_are_checked():
     with pytest.raises(RuntimeError, match="add"):
         ContinualWeightAverage(pre).state_dict()
     with pytest.raises(ValueError, match="continual Task Arithmetic: fine-tuned state dict: key 'b' is missing"):
-        ContinualTaskArithmetic(pre).add({"w": fts[0]["w"]})
+        ContinualTaskArithmetic(pre, scaling_coef=0.3).add({"w": fts[0]["w"]})
 
 
 # --- task orders --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def _merged_vision(tree):
     from transformers import CLIPVisionModel
     clip = tree["clip"]
     merged = task_arithmetic(clip.vision_model.state_dict(), [tree["finetuned"][t][0].state_dict() for t in TASKS],
-                             0.3)
+                             scaling_coef=0.3)
     vision = CLIPVisionModel(clip.config.vision_config)
     vision.load_state_dict(merged)
     return vision.eval()

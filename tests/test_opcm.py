@@ -165,7 +165,7 @@ def _norm(pre, sd):
 
 def test_first_step_takes_the_first_model_whole_and_keeps_integer_keys():
     pre, fts = _models(1)
-    opcm = OPCM(pre)
+    opcm = OPCM(pre, alpha=0.5)
     opcm.add(fts[0])
     merged = opcm.state_dict()
     for k in _float_keys(pre):
@@ -225,7 +225,7 @@ def test_second_step_projects_each_qkv_third_and_adds_the_rest(merge_class_embed
 
 def test_class_embedding_unmerged_keeps_the_first_models_direction():
     pre, fts = _models(4)
-    opcm = OPCM(pre, merge_class_embedding=False)
+    opcm = OPCM(pre, merge_class_embedding=False, alpha=0.5)
     tau1 = fts[0][CLS] - pre[CLS]
     for ft in fts:
         opcm.add(ft)
@@ -237,7 +237,7 @@ def test_class_embedding_unmerged_keeps_the_first_models_direction():
 def test_later_steps_carry_the_previous_unscaled_sum():
     """With λ_{t−1}·Δ the pre-rescale merge is S_{t−1} + τ_t: for plain keys the direction is the running sum."""
     pre, fts = _models(3)
-    opcm = OPCM(pre)
+    opcm = OPCM(pre, alpha=0.5)
     for ft in fts:
         opcm.add(ft)
     key = PREFIX + "attn.in_proj_bias"
@@ -251,14 +251,14 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="alpha"):
         OPCM(pre, alpha=1.5)
     with pytest.raises(RuntimeError, match="add"):
-        OPCM(pre).state_dict()
+        OPCM(pre, alpha=0.5).state_dict()
     broken = dict(fts[0])
     del broken[C_FC]
     with pytest.raises(ValueError, match="OPCM: fine-tuned state dict: key .*mlp.c_fc.weight.* is missing"):
-        OPCM(pre).add(broken)
+        OPCM(pre, alpha=0.5).add(broken)
     broken = dict(fts[0], **{C_FC: torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="mlp.c_fc.weight"):
-        OPCM(pre).add(broken)
+        OPCM(pre, alpha=0.5).add(broken)
 
 
 # --- the Hugging Face layout, against FusionBench's procedure on the modules themselves -----------------------------
@@ -348,7 +348,7 @@ def test_task_vector_norms_are_accumulated_in_float64():
     g = torch.Generator().manual_seed(0)
     pre = {"w": torch.zeros(3_000_000), "b": torch.zeros(7)}
     ft = {"w": 1e-3 * torch.randn(3_000_000, generator=g), "b": torch.full((7,), 40.0)}
-    opcm = OPCM(pre)
+    opcm = OPCM(pre, alpha=0.5)
     opcm.add(ft)
     exact = math.sqrt(math.fsum(x * x for x in ft["w"].double().tolist()) + 7 * 40.0 ** 2)
     assert opcm.task_vector_norms[0] == pytest.approx(exact, rel=1e-12)

@@ -30,7 +30,8 @@ def setting():
 
 def _run(setting, sampling, steps, resume=None, stop_after=None):
     encoder, pre, vectors, heads, images = setting
-    trainer = AdaMerging(copy.deepcopy(encoder), pre, vectors, copy.deepcopy(heads), granularity="layer")
+    trainer = AdaMerging(copy.deepcopy(encoder), pre, vectors, copy.deepcopy(heads), granularity="layer",
+                         init=0.3, lr=1e-3)
     sampler = BatchSampler([N_IMAGES] * K, 8, 2, sampling, seed=3)
     saved, evaluations = [], []
 

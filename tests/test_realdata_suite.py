@@ -78,6 +78,6 @@ def test_task_arithmetic_script_on_fabricated_real_files(tmp_path, monkeypatch):
     # The script's merge is the one computed here from the same files.
     found = find_checkpoints(tmp_path / "checkpoints", "demo", TASKS[:2])
     suite = make_suite(found, TASKS[:2], text_tower="openai", data_location=tmp_path / "data", batch_size=4, device="cpu")
-    expected = suite.evaluate(task_arithmetic(suite.pretrained, suite.all_finetuned(), 0.3), "check")
+    expected = suite.evaluate(task_arithmetic(suite.pretrained, suite.all_finetuned(), scaling_coef=0.3), "check")
     for task in TASKS[:2]:
         assert table.set_index("task").accuracy[task] == pytest.approx(expected[task], abs=1e-9)

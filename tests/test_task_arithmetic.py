@@ -37,7 +37,7 @@ def test_element_by_hand():
 
 def test_integer_keys_keep_pretrained_value():
     pre, fts = _state_dicts()
-    merged = task_arithmetic(pre, fts)
+    merged = task_arithmetic(pre, fts, scaling_coef=0.3)
     assert torch.equal(merged["ids"], pre["ids"])
     assert torch.equal(merged["flags"], pre["flags"])
     assert set(task_vector(pre, fts[0])) == {"w", "b"}
@@ -59,6 +59,6 @@ def test_apply_keeps_keys_missing_from_vector():
 def test_mismatched_or_missing_inputs_are_refused_naming_the_key():
     pre, fts = _state_dicts()
     with pytest.raises(ValueError, match="Task Arithmetic: fine-tuned state dict 1: key 'w' is torch.float32 \\(3,\\)"):
-        task_arithmetic(pre, [fts[0], {**fts[1], "w": torch.zeros(3)}])
+        task_arithmetic(pre, [fts[0], {**fts[1], "w": torch.zeros(3)}], scaling_coef=0.3)
     with pytest.raises(ValueError, match="Task Arithmetic needs at least one fine-tuned state dict"):
-        task_arithmetic(pre, [])
+        task_arithmetic(pre, [], scaling_coef=0.3)

@@ -38,7 +38,8 @@ def test_k_as_percent_or_fraction(percent, fraction, kept):
     pre, fts = _models(TAU)
     for k in (percent, fraction):
         assert _kept(ties_selected_vectors(pre, fts, k=k)[0]["w"]) == kept
-    assert torch.equal(ties_merging(pre, fts, k=percent)["w"], ties_merging(pre, fts, k=fraction)["w"])
+    assert torch.equal(ties_merging(pre, fts, k=percent, scaling_coef=0.3)["w"],
+                       ties_merging(pre, fts, k=fraction, scaling_coef=0.3)["w"])
 
 
 def test_k_index_matches_python_float_arithmetic():
@@ -51,7 +52,7 @@ def test_k_index_matches_python_float_arithmetic():
 def test_k_without_a_threshold_is_refused(k):
     pre, fts = _models(TAU)
     with pytest.raises(ValueError, match="k="):
-        ties_merging(pre, fts, k=k)
+        ties_merging(pre, fts, k=k, scaling_coef=0.3)
 
 
 def test_trimming_is_per_task_over_the_whole_model():
@@ -76,15 +77,15 @@ def test_sign_by_mass_and_three_merge_functions():
     for merge_func, values in expected.items():
         merged = ties_merging(pre, fts, k=0.9, scaling_coef=1.0, merge_func=merge_func)
         assert merged["w"].tolist() == values, merge_func
-    assert torch.equal(ties_merging(pre, fts, k=0.9, merge_func="dis-sum")["w"],
-                       ties_merging(pre, fts, k=0.9, merge_func="sum")["w"])
+    assert torch.equal(ties_merging(pre, fts, k=0.9, merge_func="dis-sum", scaling_coef=0.3)["w"],
+                       ties_merging(pre, fts, k=0.9, merge_func="sum", scaling_coef=0.3)["w"])
     assert ties_merging(pre, fts, k=0.9, scaling_coef=0.5)["w"].tolist() == [2.5, 1.5, -2, 5, 1.5]
 
 
 def test_unknown_merge_function_is_refused():
     pre, fts = _models(TAU)
     with pytest.raises(ValueError, match="merge_func='median'"):
-        ties_merging(pre, fts, merge_func="median")
+        ties_merging(pre, fts, merge_func="median", k=20, scaling_coef=0.3)
 
 
 def test_zero_sign_sum_takes_the_majority_sign():
@@ -120,16 +121,16 @@ def test_integer_keys_untouched_and_not_counted():
     pre["ids"] = torch.arange(1000)
     for i, ft in enumerate(fts):
         ft["ids"] = torch.arange(1000) + 7 * (i + 1)
-    merged = ties_merging(pre, fts)
+    merged = ties_merging(pre, fts, k=20, scaling_coef=0.3)
     assert merged["ids"] is pre["ids"]
-    assert ties_thresholds(pre, fts).tolist() == [0.5]  # as without the 1000 integer entries
-    assert list(ties_selected_vectors(pre, fts)[0]) == ["w"]
+    assert ties_thresholds(pre, fts, k=20).tolist() == [0.5]  # as without the 1000 integer entries
+    assert list(ties_selected_vectors(pre, fts, k=20)[0]) == ["w"]
 
 
 def test_unchanged_tensors_count_as_zeros_and_keep_pretrained_values():
     pre = {"model.visual.w": torch.zeros(10), "model.token_embedding.weight": torch.full((10,), 3.0)}
     fts = [{"model.visual.w": torch.arange(1, 11) / 10, "model.token_embedding.weight": torch.full((10,), 3.0)}]
-    merged = ties_merging(pre, fts, scaling_coef=1.0)
+    merged = ties_merging(pre, fts, scaling_coef=1.0, k=20)
     assert torch.equal(merged["model.token_embedding.weight"], pre["model.token_embedding.weight"])
     assert merged["model.token_embedding.weight"] is not pre["model.token_embedding.weight"]
     # d = 20 with 10 zeros: rank 16 → t = 0.6, half of the vision entries survive (the reference's 20 % → 50 %).
@@ -140,9 +141,9 @@ def test_vision_only_k_takes_the_threshold_over_the_image_tower():
     pre = {"model.visual.w": torch.zeros(10), "model.token_embedding.weight": torch.full((10,), 3.0)}
     fts = [{"model.visual.w": torch.arange(1, 11) / 10, "model.token_embedding.weight": torch.full((10,), 3.0)}]
     # d = 10: rank 8 → t = 0.8, as 20 % of the image tower plus the threshold entry itself.
-    assert ties_thresholds(pre, fts).tolist() == [pytest.approx(0.6)]
-    assert ties_thresholds(pre, fts, vision_only_k=True).tolist() == [pytest.approx(0.8)]
-    selected = ties_selected_vectors(pre, fts, vision_only_k=True)[0]
+    assert ties_thresholds(pre, fts, k=20).tolist() == [pytest.approx(0.6)]
+    assert ties_thresholds(pre, fts, vision_only_k=True, k=20).tolist() == [pytest.approx(0.8)]
+    selected = ties_selected_vectors(pre, fts, vision_only_k=True, k=20)[0]
     assert _kept(selected["model.visual.w"]) == [7, 8, 9]
 
 
@@ -150,19 +151,21 @@ def test_vision_only_k_changes_nothing_on_a_hugging_face_vision_tower():
     """A CLIPVisionModel state dict is all image tower (no `model.visual.` prefix, no text padding): the flag keeps
     the same threshold and the same merge."""
     pre, fts = _models(TAU, key="encoder.layers.0.mlp.fc1.weight")
-    assert ties_thresholds(pre, fts, vision_only_k=True).tolist() == ties_thresholds(pre, fts).tolist() == [0.5]
-    assert torch.equal(ties_merging(pre, fts, vision_only_k=True)["encoder.layers.0.mlp.fc1.weight"],
-                       ties_merging(pre, fts)["encoder.layers.0.mlp.fc1.weight"])
+    assert ties_thresholds(pre, fts, k=20, vision_only_k=True).tolist() == [0.5]
+    assert ties_thresholds(pre, fts, k=20).tolist() == [0.5]
+    key = "encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(ties_merging(pre, fts, k=20, scaling_coef=0.3, vision_only_k=True)[key],
+                       ties_merging(pre, fts, k=20, scaling_coef=0.3)[key])
 
 
 def test_mismatched_finetuned_is_refused():
     pre, fts = _models(TAU)
     with pytest.raises(ValueError, match="TIES-Merging: fine-tuned state dict: key 'w'"):
-        ties_merging(pre, [{"w": torch.zeros(3)}])
+        ties_merging(pre, [{"w": torch.zeros(3)}], k=20, scaling_coef=0.3)
     with pytest.raises(ValueError, match="float32"):
-        ties_merging({"w": pre["w"].double()}, [{"w": fts[0]["w"].double()}])
+        ties_merging({"w": pre["w"].double()}, [{"w": fts[0]["w"].double()}], k=20, scaling_coef=0.3)
     with pytest.raises(ValueError, match="at least one"):
-        ties_merging(pre, [])
+        ties_merging(pre, [], k=20, scaling_coef=0.3)
 
 
 # ---- exact threshold on awkward distributions -------------------------------------------------------------------
@@ -192,7 +195,7 @@ def test_threshold_equals_kthvalue(kind):
 def test_streaming_equals_naive(vit_models, monkeypatch, chunk, merge_func):
     monkeypatch.setattr(ties, "_CHUNK", chunk)
     pre, fts = vit_models
-    merged = ties_merging(pre, fts, merge_func=merge_func)
+    merged = ties_merging(pre, fts, merge_func=merge_func, k=20, scaling_coef=0.3)
     expected = naive_ties(pre, fts, merge_func=merge_func)
     assert list(merged) == list(pre)
     for key in pre:
@@ -202,9 +205,9 @@ def test_streaming_equals_naive(vit_models, monkeypatch, chunk, merge_func):
 def test_streaming_kept_set_and_selection_equal_naive(vit_models):
     pre, fts = vit_models
     kth, trimmed, gamma, selected, keys = naive_ties_parts(pre, fts)
-    assert torch.equal(ties_thresholds(pre, fts), kth.squeeze(1))
+    assert torch.equal(ties_thresholds(pre, fts, k=20), kth.squeeze(1))
     assert (gamma == 0).sum() == 0 and (trimmed[:, (trimmed.sum(0) == 0)] != 0).any()  # the fill did happen
-    streamed = ties_selected_vectors(pre, fts)
+    streamed = ties_selected_vectors(pre, fts, k=20)
     for task, out in enumerate(streamed):
         assert list(out) == [k for k, v in pre.items() if v.is_floating_point()]
         naive = unflatten(selected[task], pre, keys)
@@ -215,8 +218,8 @@ def test_vision_only_streaming_equals_naive(vit_models):
     pre, fts = vit_models
     vision = [k for k in pre if k.startswith("model.visual.")]
     kth, *_ = naive_ties_parts(pre, fts, threshold_keys=vision)
-    assert torch.equal(ties_thresholds(pre, fts, vision_only_k=True), kth.squeeze(1))
-    assert not torch.equal(ties_thresholds(pre, fts), kth.squeeze(1))
-    merged = ties_merging(pre, fts, vision_only_k=True)
+    assert torch.equal(ties_thresholds(pre, fts, vision_only_k=True, k=20), kth.squeeze(1))
+    assert not torch.equal(ties_thresholds(pre, fts, k=20), kth.squeeze(1))
+    merged = ties_merging(pre, fts, vision_only_k=True, k=20, scaling_coef=0.3)
     expected = naive_ties(pre, fts, threshold_keys=vision)
     assert all((merged[key] - expected[key]).abs().max() <= 1e-6 for key in pre)

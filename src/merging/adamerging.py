@@ -68,7 +68,7 @@ def entropy_loss(logits: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return softmax_entropy(logits, eps).mean(0)
 
 
-def seeded_batches(dataset_len: int, batch_size: int = 16, num_batches: int = 2,
+def seeded_batches(dataset_len: int, *, batch_size: int, num_batches: int,
                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """The first `num_batches` index batches of one shuffled pass over a dataset of `dataset_len` items.
 
@@ -87,7 +87,7 @@ class BatchStream:
     of a pass possibly short: what `next(iter(loader))` of FusionBench's infinite `shuffle=True` test loader gives,
     seeded by `generator`."""
 
-    def __init__(self, dataset_len: int, batch_size: int = 16, generator: torch.Generator | None = None):
+    def __init__(self, dataset_len: int, *, batch_size: int, generator: torch.Generator | None = None):
         if dataset_len <= 0 or batch_size <= 0:
             raise ValueError(f"BatchStream needs positive sizes, got dataset_len={dataset_len}, "
                              f"batch_size={batch_size}")
@@ -164,8 +164,8 @@ class AdaMerging:
     """
 
     def __init__(self, encoder: nn.Module, pretrained: StateDict, task_vectors: Sequence[StateDict],
-                 heads: Sequence[Callable[[torch.Tensor], torch.Tensor]], granularity: str = "layer",
-                 init: float = 0.3, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), clamp: bool = True,
+                 heads: Sequence[Callable[[torch.Tensor], torch.Tensor]], *, granularity: str,
+                 init: float, lr: float, betas: tuple[float, float] = (0.9, 0.999), clamp: bool = True,
                  vector_dtype: torch.dtype | None = None, entropy_eps: float = 0.0):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got '{granularity}'")

@@ -30,7 +30,7 @@ class ContinualTaskArithmetic:
 
     name = "continual Task Arithmetic"
 
-    def __init__(self, pretrained: StateDict, scaling_coef: float = 0.3):
+    def __init__(self, pretrained: StateDict, *, scaling_coef: float):
         self.pretrained = pretrained
         self.scaling_coef = scaling_coef
         self.num_models = 0
@@ -55,8 +55,8 @@ class ContinualTIES(ContinualTaskArithmetic):
 
     name = "continual TIES"
 
-    def __init__(self, pretrained: StateDict, k: float = 20, scaling_coef: float = 0.3):
-        super().__init__(pretrained, scaling_coef)
+    def __init__(self, pretrained: StateDict, *, k: float, scaling_coef: float):
+        super().__init__(pretrained, scaling_coef=scaling_coef)
         self.k = k
 
     def _updates(self, finetuned: StateDict) -> Iterator[tuple[str, torch.Tensor]]:

@@ -110,7 +110,7 @@ def _sq_norm(tensor: torch.Tensor) -> float:
 class OPCM:
     """Continual merge by orthogonal projection; `.add(θ_t)` merges one more model, `.state_dict()` returns θ̄_t."""
 
-    def __init__(self, pretrained: StateDict, alpha: float = 0.5, zero_diagonal: bool = False,
+    def __init__(self, pretrained: StateDict, *, alpha: float, zero_diagonal: bool = False,
                  merge_class_embedding: bool | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"OPCM alpha={alpha}: the split threshold is a share of the singular-value sum, "

@@ -11,7 +11,7 @@ from typing import Sequence
 from src.task_vectors import StateDict, check_finetuned, has_task_vector, key_task_vectors, sum_vectors
 
 
-def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], scaling_coef: float = 0.3) -> StateDict:
+def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], *, scaling_coef: float) -> StateDict:
     """Merge fine-tuned models θ_1..θ_K of one pretrained θ₀ with a single scaling coefficient λ."""
     check_finetuned(pretrained, finetuned, "Task Arithmetic")
     return {k: p + scaling_coef * sum_vectors(key_task_vectors(k, pretrained, finetuned)) if has_task_vector(p) else p

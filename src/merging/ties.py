@@ -50,7 +50,7 @@ _HIGH_BINS = 1 << 15      # bits 16..30 of |x|
 _LOW_BINS = 1 << 16       # bits 0..15 of |x|
 
 
-def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], k: float = 20, scaling_coef: float = 0.3,
+def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], *, k: float, scaling_coef: float,
                  merge_func: str = "sum", vision_only_k: bool = False) -> StateDict:
     """θ₀ + λ·τ_m, τ_m the disjoint merge of the trimmed, sign-elected task vectors (module docstring).
 
@@ -70,7 +70,7 @@ def ties_merging(pretrained: StateDict, finetuned: Sequence[StateDict], k: float
             for key, p in pretrained.items()}
 
 
-def ties_selected_vectors(pretrained: StateDict, finetuned: Sequence[StateDict], k: float = 20,
+def ties_selected_vectors(pretrained: StateDict, finetuned: Sequence[StateDict], *, k: float,
                           vision_only_k: bool = False) -> list[StateDict]:
     """Per task the selected entries s_k = τ̂_k ⊙ [sign(τ̂_k) = γ], zero elsewhere (the reference's
     `ties_merging_split`, which AdaMerging++ uses in place of τ_k).
@@ -86,7 +86,7 @@ def ties_selected_vectors(pretrained: StateDict, finetuned: Sequence[StateDict],
     return [{key: flat.view(pretrained[key].shape) for key, flat in out.items()} for out in outs]
 
 
-def ties_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], k: float = 20,
+def ties_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], *, k: float,
                     vision_only_k: bool = False) -> torch.Tensor:
     """t_k for every task: the k-th smallest |τ_k| (k = d − int(d·K)) over the threshold entries, shape [K]."""
     keys = _checked_keys(pretrained, finetuned)
