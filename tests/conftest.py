@@ -6,6 +6,7 @@ modules are collected, after this file is imported: so the variable is set here,
 """
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The Hugging Face caches (hub and datasets) a test sees are empty temporary folders, never the user's.
 os.environ["HF_HOME"] = str(_CACHE / "huggingface")
+# A shell without job control starts background commands with SIGINT ignored, and an ignored signal stays ignored in
+# every child: the Ctrl-C tests would then see no interrupt. Python's own handler makes children start with the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
