@@ -289,7 +289,10 @@ def save_state_dict(state_dict: StateDict, path: str | os.PathLike, metadata: di
             meta = {"format": "pt", _KEY_ORDER: json.dumps(list(state_dict)), **(metadata or {})}
             _save_safetensors({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata=meta)
         else:
-            torch.save(dict(state_dict), tmp)
+            # torch.save names the zip archive inside after a path's stem, here a random temporary name; through a
+            # file object it is always "archive", so the same tensors give the same bytes (and sha256) every time.
+            with open(tmp, "wb") as f:
+                torch.save(dict(state_dict), f)
 
 
 def convert(path: str | os.PathLike, log=print) -> Path:
