@@ -42,6 +42,43 @@ def test_rendering_depends_only_on_the_seed():
     assert np.array_equal(a, b)
 
 
+ROUNDING = 0.5 + 1e-4  # restyle computes in float32, then rounds to uint8
+
+
+def _images(n=6):
+    return world.render(world.sample(n, np.random.default_rng(1))[0], np.random.default_rng(2))
+
+
+def test_each_style_is_the_photometric_shift_it_names():
+    x = _images()
+    wide = x.astype(int)
+    assert np.array_equal(world.restyle(x, "none"), x)
+    assert np.array_equal(world.restyle(x, "negative"), 255 - x)
+    assert np.array_equal(world.restyle(x, "swapped_channels"), x[..., ::-1])
+    gray = world.restyle(x, "grayscale").astype(int)
+    assert (gray == gray[..., :1]).all()
+    assert np.abs(gray[..., 0] - (0.299 * wide[..., 0] + 0.587 * wide[..., 1] + 0.114 * wide[..., 2])).max() <= ROUNDING
+    dim = world.restyle(x, "dim").astype(int)
+    assert np.abs(dim - (0.45 * wide + 10)).max() <= ROUNDING and dim.max() <= 0.45 * 255 + 10.5
+    low = world.restyle(x, "low_resolution").astype(int)
+    blocks = wide.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    assert (low[:, ::2, ::2] == low[:, 1::2, 1::2]).all() and (low[:, ::2, ::2] == low[:, ::2, 1::2]).all()
+    assert np.abs(low[:, ::2, ::2] - blocks).max() <= ROUNDING
+    for style in world.STYLES:
+        assert world.restyle(x, style).shape == x.shape and world.restyle(x, style).dtype == np.uint8
+
+
+def test_tasks_come_in_their_declared_styles():
+    styles = {task.name: task.style for task in demo_tasks.TASKS}
+    assert set(styles.values()) <= set(world.STYLES) and len(set(styles.values())) >= 4
+    for task, style in styles.items():
+        images = demo_tasks.generate(task, "test")[0].astype(int)
+        gray = (images == images[..., :1]).all()
+        assert gray == (style == "grayscale"), task
+        blocky = (images[:, ::2, ::2] == images[:, 1::2, 1::2]).all()
+        assert blocky == (style == "low_resolution"), task
+
+
 def test_tokenizer_follows_open_clip_conventions():
     tokens = DemoTokenizer()(["a red circle", "zebra"])
     assert tokens.shape == (2, 24) and tokens.dtype == torch.long

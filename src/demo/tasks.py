@@ -33,33 +33,34 @@ class DemoTask:
     classnames: list[str]
     templates: list[str]
     scene: dict = field(default_factory=dict)  # keyword arguments of `world.sample`
+    style: str = "none"  # the task's image domain, a key of `world.STYLES`
 
 
 TASKS = [
     DemoTask("Shapes", "shape", world.SHAPES,
              ["a photo of a {}.", "a {} shape.", "a picture of a {} object."],
-             dict(kinds=(1.0, 0.0, 0.0), sizes=["medium", "large"])),
+             dict(kinds=(1.0, 0.0, 0.0), sizes=["medium", "large"]), "grayscale"),
     DemoTask("Colors", "color", world.COLORS,
              ["a photo of a {} object.", "something {}.", "a {} shape."],
-             dict(kinds=(0.6, 0.2, 0.2), noise=(10.0, 30.0))),
+             dict(kinds=(0.6, 0.2, 0.2), noise=(10.0, 30.0)), "dim"),
     DemoTask("Textures", "texture", world.TEXTURES,
              ["a photo of a {} texture.", "a {} pattern.", "a {} object."],
              dict(kinds=(1.0, 0.0, 0.0), sizes=["large"])),
     DemoTask("Sizes", "size", world.SIZES,
              ["a photo of a {} object.", "a {} shape.", "something {}."],
-             dict(kinds=(0.6, 0.2, 0.2))),
+             dict(kinds=(0.6, 0.2, 0.2)), "low_resolution"),
     DemoTask("Counts", "count", world.COUNTS,
              ["a photo of {} objects.", "{} objects.", "a picture of {} objects on a background."],
-             dict(objects=(1, 5), kinds=(0.6, 0.2, 0.2))),
+             dict(objects=(1, 5), kinds=(0.6, 0.2, 0.2)), "negative"),
     DemoTask("Positions", "position", world.POSITIONS,
              ["an object in the {}.", "a photo of an object in the {}.", "a shape in the {}."],
-             dict(sizes=["small"])),
+             dict(sizes=["small"]), "swapped_channels"),
     DemoTask("Arrows", "direction", world.DIRECTIONS,
              ["an arrow pointing {}.", "a photo of an arrow pointing {}."],
              dict(kinds=(0.0, 1.0, 0.0), sizes=["medium", "large"])),
     DemoTask("Scenes", "scene", world.SCENES,
              ["a photo of a {} background.", "a {} scene.", "something on a {} background."],
-             dict(objects=(1, 3), noise=(10.0, 30.0))),
+             dict(objects=(1, 3), noise=(10.0, 30.0)), "swapped_channels"),
 ]
 if tuple(t.name for t in TASKS) != TASK_NAMES:
     raise ImportError(f"src.demo.TASK_NAMES {TASK_NAMES} must list the tasks defined here, in order")
@@ -79,7 +80,7 @@ def generate(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"demo task {name}: unknown split '{split}'; expected one of {sorted(SPLIT_SIZES)}")
     rng = np.random.default_rng(_seed("demo-task", name, split))
     attrs, labels = world.sample(SPLIT_SIZES[split], rng, **task.scene)
-    return world.render(attrs, rng), labels[task.attribute].astype(np.int64)
+    return world.restyle(world.render(attrs, rng), task.style), labels[task.attribute].astype(np.int64)
 
 
 def tensors(images: np.ndarray) -> torch.Tensor:

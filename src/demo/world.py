@@ -153,6 +153,34 @@ _SCENE_PAINTERS = [
 ]
 
 
+def _luminance(x):
+    return np.repeat(x @ np.array([[0.299], [0.587], [0.114]], np.float32), 3, axis=-1)
+
+
+def _low_resolution(x):
+    n = len(x)
+    pooled = x.reshape(n, SIZE // 2, 2, SIZE // 2, 2, 3).mean(axis=(2, 4))
+    return np.repeat(np.repeat(pooled, 2, axis=1), 2, axis=2)
+
+
+# Photometric shifts that give a task its own image domain, as SVHN, EuroSAT or MNIST are domains of their own for a
+# CLIP pretrained on web photos. Each keeps the attribute its task reads.
+STYLES = {
+    "none": lambda x: x,
+    "grayscale": _luminance,
+    "negative": lambda x: 255.0 - x,
+    "low_resolution": _low_resolution,
+    "dim": lambda x: 0.45 * x + 10.0,
+    "swapped_channels": lambda x: x[..., ::-1],
+}
+
+
+def restyle(images: np.ndarray, style: str) -> np.ndarray:
+    """uint8 images [n, 32, 32, 3] in one of the `STYLES` domains."""
+    out = STYLES[style](images.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def sample(n: int, rng: np.random.Generator, *, objects=(1, 1), single: float = 0.0, kinds=(0.7, 0.15, 0.15),
            sizes=SIZES, scenes=None, noise=(0.0, 8.0)) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Random attributes for n images, and their labels (attributes of the first object, scene, count).
