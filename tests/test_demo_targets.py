@@ -18,10 +18,11 @@ def _avg(method: str) -> float:
     return float(table.accuracy["avg"])
 
 
-@pytest.mark.parametrize("lower,higher", [("ties_merging", "layer_wise_adamergingpp"),
+@pytest.mark.parametrize("lower,higher", [("zeroshot", "task_arithmetic"),
+                                          ("ties_merging", "layer_wise_adamergingpp"),
                                           ("layer_wise_adamergingpp", "emr_merging"),
                                           ("emr_merging", "individual")])
-def test_the_methods_separate_by_a_point_in_the_papers_order_from_ties_on(lower, higher):
+def test_the_methods_separate_by_a_point_in_the_papers_order(lower, higher):
     assert _avg(higher) >= _avg(lower) + 1.0
 
 
@@ -31,12 +32,7 @@ def test_task_wise_adamerging_gains_two_points_and_no_task_collapses_onto_one_cl
         history = pd.read_csv(PUBLISHED / f"{method}_history.csv")
         shares = history[[c for c in history.columns if c.startswith("top_share_")]]
         assert len(shares.columns) == 8
-        assert shares.tail(20).mean().max() <= 0.6, method  # the previous demo ended at 0.99 on Arrows
-
-
-def test_opcm_ends_above_continual_task_arithmetic():
-    summary = pd.read_csv(PUBLISHED / "opcm_summary.csv").set_index("method").final_avg_accuracy_mean
-    assert summary["opcm"] > summary["continual_ta"]
+        assert shares.tail(20).mean().max() <= 0.6, method  # the first demo ended at 0.99 on Arrows
 
 
 def test_the_regime_moved_toward_real_clip():
