@@ -57,23 +57,25 @@ def _diagonal_delta():
     return delta, tau
 
 
+def _without_block(tau, top):
+    """τ with the entries (i, j), i and j both in `top`, set to zero: what projecting out those directions leaves."""
+    out = tau.clone()
+    for i in top:
+        for j in top:
+            out[i, j] = 0.0
+    return out
+
+
 @pytest.mark.parametrize("alpha, top", [(0.3, []), (0.5, [1]), (0.75, [1, 3]), (0.95, [1, 3, 2])])
 def test_diagonal_delta_removes_exactly_the_top_r_block(alpha, top):
     delta, tau = _diagonal_delta()
-    expected = tau.clone()
-    for i in top:
-        for j in top:
-            expected[i, j] = 0.0
-    assert torch.allclose(project(delta, tau, alpha), expected, atol=1e-5)
+    assert torch.allclose(project(delta, tau, alpha), _without_block(tau, top), atol=1e-5)
 
 
 @pytest.mark.parametrize("alpha, top", [(0.3, []), (0.75, [1, 3])])
 def test_diagonal_delta_with_zero_diagonal_also_removes_tau_diagonal(alpha, top):
     delta, tau = _diagonal_delta()
-    expected = tau.clone()
-    for i in top:
-        for j in top:
-            expected[i, j] = 0.0
+    expected = _without_block(tau, top)
     for i in range(4):
         expected[i, i] = 0.0
     assert torch.allclose(project(delta, tau, alpha, zero_diagonal=True), expected, atol=1e-5)
