@@ -36,3 +36,14 @@ def test_the_committed_demo_regime_is_what_the_committed_checkpoints_give():
     assert recorded.keys() == recomputed.keys()
     for key, value in recorded.items():  # one unit of the last recorded digit: another CPU may round the other way
         assert recomputed[key] == pytest.approx(value, abs=2e-4, rel=1e-4), key
+
+
+def test_single_vectors_run_from_zero_shot_to_the_individual_model():
+    from src.cli import parse_args
+    from src.run import open_suite
+    suite = open_suite(parse_args("", {}, ["--demo", "--tasks", "Colors,Counts"]))
+    table = regime.single_vector_accuracies(suite, scales=(0.0, 1.0))
+    assert table[0.0] == suite.zeroshot_accuracies()
+    individual = suite.individual_accuracies()  # θ₀ + 1·(θ_k − θ₀) may round off θ_k in the last bit: one image
+    assert table[1.0].keys() == individual.keys()
+    assert all(abs(table[1.0][t] - individual[t]) <= 100 / 600 for t in individual)
