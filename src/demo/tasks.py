@@ -1,9 +1,10 @@
 """The eight demo tasks: labelled images from the demo world, with class names and CLIP prompt templates.
 
-Each task reads one attribute of the rendered image (the shape of the object, the scene behind it, ...). Its train
-and test splits are generated from fixed seeds, so every run sees the same images; nothing is stored on disk.
-The tasks are registered in `src.datasets` under their names, like the real datasets, so a run on the demo suite goes
-through exactly the code a real run does.
+Each task reads one attribute of the rendered image (the shape of the object, the scene behind it, ...), and most see
+the world in a photometric style of their own (`world.STYLES`: grayscale, negative, ...) that pretraining never showed,
+as a real task's images are a domain of their own for CLIP. Its train and test splits are generated from fixed seeds, so
+every run sees the same images; nothing is stored on disk. The tasks are registered in `src.datasets` under their names,
+like the real datasets, so a run on the demo suite goes through exactly the code a real run does.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Every image is drawn from a handful of attributes (scene, object kind, colour, texture, position, size, count), so
 the same renderer makes the captioned images that pretrain the demo CLIP and the labelled images of the eight demo
-tasks. Rendering is vectorised over a batch with numpy and depends only on the random generator passed in.
+tasks; `restyle` then moves a task's images into its own domain. Rendering is vectorised over a batch with numpy and
+depends only on the random generator passed in.
 """
 from __future__ import annotations
 
