@@ -1,11 +1,11 @@
 import copy
-import importlib
 import csv
 import math
 
 import pytest
 import torch
 
+from main_layer_wise_adamergingpp import ADAPT_BATCH_SIZE, BATCHES_PER_TASK
 from src.merging import AdaMerging, layer_wise_merge, task_arithmetic, ties_merging, ties_selected_vectors
 from src.merge_files import load_coefficients, save_coefficients
 from src.merging.adamerging import BatchStream, entropy_loss, seeded_batches, softmax_entropy
@@ -185,8 +185,8 @@ def test_two_batches_per_task_are_used(demo):
     images = demo["images"]
     ada.step([[images[:16], images[16:23]] for _ in range(K)])  # batch sizes 16 then 7 tell the two apart
     assert calls == [(k, n) for k in range(K) for n in (16, 7)]
-    script = importlib.import_module("main_layer_wise_adamergingpp")  # its defaults are the reference's 2 × 16
-    default = seeded_batches(N_IMAGES, batch_size=script.ADAPT_BATCH_SIZE, num_batches=script.BATCHES_PER_TASK,
+    # The script's defaults are the reference's 2 × 16.
+    default = seeded_batches(N_IMAGES, batch_size=ADAPT_BATCH_SIZE, num_batches=BATCHES_PER_TASK,
                              generator=torch.Generator().manual_seed(0))
     assert [len(b) for b in default] == [16, 16] and len(torch.cat(default).unique()) == 32
 
